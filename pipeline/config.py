@@ -1,0 +1,182 @@
+"""ADSB_* settings: read once from the environment and the command line, validated once.
+
+Every setting is an environment variable with the ``ADSB_`` prefix and the same setting as a
+command-line option (``ADSB_RANGE_KM`` <-> ``--range-km``); the option wins. An invalid value
+is a :class:`ConfigError` naming the setting; the CLI turns it into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PREFIX = "ADSB_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+    def __init__(self, env: str, value: object, why: str) -> None:
+        super().__init__(f"invalid setting {env}={value!r}: {why}")
+        self.env = env
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+             minimum: float | None = None, maximum: float | None = None,
+             secret: bool = False) -> Any:
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "min": minimum, "max": maximum, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of the service. Field ``range_km`` is ``ADSB_RANGE_KM`` / ``--range-km``."""
+
+    database_url: str | None = _setting(
+        None, "PostgreSQL URL (postgresql://user:pass@host/db). Unset: an embedded PostgreSQL "
+              "server is started in ADSB_DATA_DIR.", secret=True)
+    database_password_file: str | None = _setting(
+        None, "File holding the database password (Docker/compose secrets); it replaces the "
+              "password in ADSB_DATABASE_URL.")
+    data_dir: Path = _setting(Path("./adsb-data"), "Directory for the embedded database, the "
+                              "ingest journal and, by default, models and reports.")
+    model_dir: Path | None = _setting(None, "Directory for model files (default: ADSB_DATA_DIR/models).")
+    receiver_host: str = _setting("127.0.0.1", "Host of dump1090/readsb.")
+    receiver_port: int | None = _setting(None, "TCP port of the receiver (default by format: "
+                                         "beast 30005, avr 30002, sbs 30003).", minimum=1, maximum=65535)
+    receiver_format: str = _setting("beast", "Receiver output format.", choices=("beast", "avr", "sbs"))
+    receiver_lat: float = _setting(48.88, "Receiver latitude, degrees (reference for decoding and "
+                                   "the centre of the 'where' image).", minimum=-90, maximum=90)
+    receiver_lon: float = _setting(2.42, "Receiver longitude, degrees.", minimum=-180, maximum=180)
+    receiver_id: str = _setting("default", "Name stored with every position (several receivers "
+                                "can share one database).")
+    range_km: float = _setting(121.0, "Receiver range: positions beyond 1.5x are rejected; the "
+                               "'where' image covers +-range.", minimum=1, maximum=1000)
+    retention_days: int | None = _setting(None, "Drop position partitions older than this many "
+                                          "days (default: keep everything).", minimum=1)
+    batch_rows: int = _setting(5000, "Rows per COPY batch (a batch is also flushed every second).",
+                               minimum=1)
+    buffer_max_rows: int = _setting(2_000_000, "Rows held in memory while the database is "
+                                    "unreachable; beyond that they spill to the on-disk journal.",
+                                    minimum=1000)
+    flight_gap_s: float = _setting(600.0, "Silence that ends a flight, seconds.", minimum=1)
+    train_days: float = _setting(7.0, "Train on finished flights of the last N days of the data clock.",
+                                 minimum=0.01)
+    train_max_flights: int = _setting(20000, "At most this many flights per training run.", minimum=10)
+    train_min_flights: int = _setting(200, "Refuse to train on fewer flights.", minimum=10)
+    train_budget_s: float = _setting(600.0, "Wall-clock budget of one training run, seconds.", minimum=5)
+    train_cron: str = _setting("0 3 * * *", "When the worker retrains (crontab syntax, UTC).")
+    train_seed: int | None = _setting(None, "Fixed random seed for training (reproducible runs).")
+    train_trim: float = _setting(0.1, "Fraction of highest-error flights dropped before the refit "
+                                 "(robust to anomalies in the training window).", minimum=0, maximum=0.5)
+    flag_quantile: float = _setting(0.99, "Quantile of the training-flight score distribution used "
+                                    "as the flag threshold.", minimum=0.5, maximum=0.99999)
+    rescore_days: float = _setting(1.0, "When a new model becomes active, re-score this many days.",
+                                   minimum=0)
+    metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
+    metrics_port: int = _setting(9108, "Port of the metrics endpoint (0 disables it).",
+                                 minimum=0, maximum=65535)
+    log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self.receiver_port is not None:
+            return self.receiver_port
+        return {"beast": 30005, "avr": 30002, "sbs": 30003}[self.receiver_format]
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(f: dataclasses.Field) -> Callable[[str], Any]:
+    t = str(f.type)
+    if "Path" in t:
+        return Path
+    if "int" in t:
+        return int
+    if "float" in t:
+        return float
+    return str
+
+
+def _convert(f: dataclasses.Field, raw: Any) -> Any:
+    env = env_name(f.name)
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.strip() == "" and "None" in str(f.type):
+        return None
+    conv = _base_type(f)
+    try:
+        value = conv(raw) if not isinstance(raw, conv) else raw
+    except (TypeError, ValueError):
+        raise ConfigError(env, raw, f"expected {conv.__name__}") from None
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(env, raw, "expected one of " + ", ".join(meta["choices"]))
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(env, raw, f"must be >= {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(env, raw, f"must be <= {meta['max']}")
+    if isinstance(value, float) and value != value:
+        raise ConfigError(env, raw, "must be a number")
+    return value
+
+
+def load(environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment, then ``overrides`` (CLI options) on top; validated."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if overrides.get(f.name) is not None:
+            values[f.name] = _convert(f, overrides[f.name])
+        elif env_name(f.name) in environ:
+            values[f.name] = _convert(f, environ[env_name(f.name)])
+    settings = Settings(**values)
+    if settings.database_password_file and not Path(settings.database_password_file).is_file():
+        raise ConfigError(env_name("database_password_file"), settings.database_password_file,
+                          "file does not exist")
+    if settings.train_min_flights > settings.train_max_flights:
+        raise ConfigError(env_name("train_min_flights"), settings.train_min_flights,
+                          "must not exceed ADSB_TRAIN_MAX_FLIGHTS")
+    return settings
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting; values stay strings here and are validated by :func:`load`."""
+    group = parser.add_argument_group("settings (each also an ADSB_* environment variable)")
+    for f in fields(Settings):
+        group.add_argument(option_name(f.name), dest=f"setting_{f.name}", default=None,
+                           metavar=env_name(f.name), help=f.metadata["help"])
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    overrides = {f.name: getattr(args, f"setting_{f.name}", None) for f in fields(Settings)}
+    return load(environ, overrides)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(ENV, default, meaning) for every setting: the README's configuration table."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default if f.default is not None else "(unset)"
+        rows.append((env_name(f.name), str(default), f.metadata["help"]))
+    return rows

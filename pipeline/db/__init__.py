@@ -1,0 +1,1 @@
+"""Database access: engine and embedded server, table definitions, partitions, COPY writer."""

@@ -1,0 +1,118 @@
+"""Table definitions for queries (SQLAlchemy Core). The schema itself is created only by the
+Alembic migrations in ``migrations/``; keep the two in step."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+POSITION_COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "groundspeed",
+                    "track", "vertical_rate", "callsign", "on_ground", "receiver_id")
+
+positions = sa.Table(
+    "positions", metadata,
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("icao24", sa.Text, nullable=False),
+    sa.Column("latitude", sa.Float, nullable=False),
+    sa.Column("longitude", sa.Float, nullable=False),
+    sa.Column("altitude", sa.Integer),
+    sa.Column("groundspeed", sa.REAL),
+    sa.Column("track", sa.REAL),
+    sa.Column("vertical_rate", sa.Integer),
+    sa.Column("callsign", sa.Text),
+    sa.Column("on_ground", sa.Boolean, nullable=False),
+    sa.Column("receiver_id", sa.Text, nullable=False),
+    sa.Column("inserted_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("data_from", sa.DateTime(timezone=True)),
+    sa.Column("data_to", sa.DateTime(timezone=True)),
+    sa.Column("n_train", sa.Integer),
+    sa.Column("n_val", sa.Integer),
+    sa.Column("n_excluded", sa.Integer),
+    sa.Column("excluded", JSONB),
+    sa.Column("epochs", sa.Integer),
+    sa.Column("seconds", sa.REAL),
+    sa.Column("val_loss", sa.Float),
+    sa.Column("recall_where", sa.REAL),
+    sa.Column("precision_where", sa.REAL),
+    sa.Column("recall_shape", sa.REAL),
+    sa.Column("precision_shape", sa.REAL),
+    sa.Column("threshold", sa.Float),
+    sa.Column("threshold_method", sa.Text),
+    sa.Column("params", JSONB),
+    sa.Column("path", sa.Text),
+    sa.Column("sha256", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("activated_at", sa.DateTime(timezone=True)),
+)
+
+flights = sa.Table(
+    "flights", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("icao24", sa.Text, nullable=False),
+    sa.Column("callsign", sa.Text),
+    sa.Column("receiver_id", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("n_positions", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("late", sa.Boolean, nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
+    sa.Column("path_km", sa.REAL),
+    sa.Column("straight_km", sa.REAL),
+    sa.Column("tortuosity", sa.REAL),
+    sa.Column("turning_deg", sa.REAL),
+    sa.Column("max_distance_km", sa.REAL),
+    sa.Column("min_altitude", sa.Integer),
+    sa.Column("max_altitude", sa.Integer),
+    sa.Column("image", sa.LargeBinary),
+    sa.Column("where_lit", sa.REAL),
+    sa.Column("shape_lit", sa.REAL),
+    sa.Column("shape_side_km", sa.REAL),
+    sa.Column("score", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("flagged", sa.Boolean),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id")),
+    sa.Column("scored_at", sa.DateTime(timezone=True)),
+)
+
+flight_scores = sa.Table(
+    "flight_scores", metadata,
+    sa.Column("flight_id", sa.BigInteger, sa.ForeignKey("flights.id"), primary_key=True),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), primary_key=True),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("where_score", sa.Float),
+    sa.Column("shape_score", sa.Float),
+    sa.Column("reconstruction", sa.LargeBinary),
+    sa.Column("scored_at", sa.DateTime(timezone=True)),
+)
+
+pipeline_state = sa.Table(
+    "pipeline_state", metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", JSONB, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
+job_runs = sa.Table(
+    "job_runs", metadata,
+    sa.Column("job", sa.Text, primary_key=True),
+    sa.Column("last_started", sa.DateTime(timezone=True)),
+    sa.Column("last_finished", sa.DateTime(timezone=True)),
+    sa.Column("last_ok", sa.Boolean),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_seconds", sa.REAL),
+    sa.Column("runs", sa.BigInteger),
+    sa.Column("failures", sa.BigInteger),
+)

@@ -1,0 +1,1 @@
+"""Flights: cutting positions into flights, their track images and geometric features."""

@@ -1,0 +1,1 @@
+"""The model: convolutional autoencoder, its training job, registry and scorer."""

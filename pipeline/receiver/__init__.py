@@ -1,0 +1,1 @@
+"""Receiver adapter: bytes -> frames (Beast, AVR, SBS) -> pyModeS -> positions -> PostgreSQL."""
