@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default="24h", help="how far back (data clock), e.g. 24h, 7d")
     p.add_argument("--top", type=int, default=50, help="at most this many flights")
     p.add_argument("--out", required=True, help="directory to write index.html and PNGs to")
-    command("status", "pipeline.service:status_command", "print a summary of the service's state")
+    command("status", "pipeline.status:status_command", "print a summary of the service's state")
 
     # -- service -----------------------------------------------------------------------------
     command("run", "pipeline.service:run_command",
