@@ -107,6 +107,7 @@ def test_reader_reads_everything_including_later_partitions(engine, traffic):
     "DELETE FROM models",
     "CREATE TABLE reader_was_here (x int)",
     "CREATE VIEW reader_view AS SELECT 1",
+    "CREATE SCHEMA reader_schema",
     "TRUNCATE flights CASCADE",
 ])
 def test_reader_changes_nothing(engine, traffic, statement):
