@@ -116,3 +116,23 @@ job_runs = sa.Table(
     sa.Column("runs", sa.BigInteger),
     sa.Column("failures", sa.BigInteger),
 )
+
+# ---- views (created by the migrations too; kept apart so create_all can never make them tables)
+views = sa.MetaData()
+
+flagged_flights = sa.Table(
+    "flagged_flights", views,
+    sa.Column("flight_id", sa.BigInteger),
+    sa.Column("icao24", sa.Text),
+    sa.Column("callsign", sa.Text),
+    sa.Column("first_seen", sa.DateTime(timezone=True)),
+    sa.Column("last_seen", sa.DateTime(timezone=True)),
+    sa.Column("duration", sa.Interval),
+    sa.Column("n_positions", sa.Integer),
+    sa.Column("path_km", sa.Numeric),
+    sa.Column("score", sa.Numeric),
+    sa.Column("threshold", sa.Numeric),
+    sa.Column("score_ratio", sa.Numeric),
+    sa.Column("model_version", sa.Text),
+    sa.Column("scored_at", sa.DateTime(timezone=True)),
+)
