@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,6 +213,19 @@ def settings_env(settings: Settings, engine: sa.Engine | None = None) -> dict[st
     return env
 
 
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def cron_trigger(expr: str) -> CronTrigger:
+    """A trigger for a crontab line (UTC). APScheduler 3 numbers weekdays from Monday = 0 while
+    crontab uses Sunday = 0 (and 7), so numeric weekdays are turned into names first."""
+    parts = expr.split()
+    if len(parts) != 5:
+        raise ValueError(f"ADSB_TRAIN_CRON={expr!r}: expected 5 crontab fields")
+    parts[4] = re.sub(r"(?<![/\d])\d+", lambda m: _DAYS[int(m.group()) % 7], parts[4])
+    return CronTrigger.from_crontab(" ".join(parts), timezone=dt.timezone.utc)
+
+
 def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | None = None,
                     scheduler: BaseScheduler | None = None) -> BaseScheduler:
     """A scheduler (not started) with every job of the worker. Pass ``worker`` to keep a
@@ -228,8 +242,8 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
                   id="flights", name="close and rasterize flights", next_run_time=now)
     sched.add_job(job("score", worker.score), "interval", seconds=TICK_S, id="score",
                   name="score finished flights", next_run_time=now + dt.timedelta(seconds=20))
-    sched.add_job(job("train", worker.train), CronTrigger.from_crontab(settings.train_cron,
-                  timezone=dt.timezone.utc), id="train", name="train a model",
+    sched.add_job(job("train", worker.train), cron_trigger(settings.train_cron),
+                  id="train", name="train a model",
                   misfire_grace_time=3600)
     sched.add_job(job("train-when-ready", worker.train_when_ready), "interval",
                   seconds=TRAIN_CHECK_S, id="train-when-ready",
