@@ -37,7 +37,9 @@ def compute_xy(x: np.ndarray, y: np.ndarray) -> Features:
     # Resample every _MIN_SEGMENT_KM along the path, so jitter between close positions adds
     # no turning but a slow, tight orbit still counts in full.
     cum = np.concatenate([[0.0], np.cumsum(seg)])
-    _, idx = np.unique(np.floor(cum / _MIN_SEGMENT_KM), return_index=True)
+    # cum is non-decreasing, so the first index of each bin is where the bin number changes.
+    bins = np.floor(cum / _MIN_SEGMENT_KM)
+    idx = np.flatnonzero(np.concatenate([[True], bins[1:] != bins[:-1]]))
     rx, ry = x[idx], y[idx]
     if rx.size >= 3:
         heading = np.arctan2(np.diff(rx), np.diff(ry))

@@ -13,6 +13,7 @@ clipped at the frame edge (Pillow clips). Arrays are ``uint8`` of shape (64, 64,
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,15 +36,21 @@ class Frame:
     side_km: float
 
     def to_pixels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Integer pixel coordinates (n, 2) of the points, consecutive repeats dropped."""
         scale = SIZE / self.side_km
-        px = (x - self.cx) * scale + (SIZE / 2 - 0.5)
-        py = (self.cy - y) * scale + (SIZE / 2 - 0.5)   # north up
         # Pillow draws with integer coordinates; far-away points are clipped, but keep them
         # inside int32 so an absurd coordinate cannot overflow.
-        pts = np.empty((x.size, 2), dtype=np.float64)
-        pts[:, 0] = np.clip(px, -1e6, 1e6)
-        pts[:, 1] = np.clip(py, -1e6, 1e6)
-        return np.rint(pts).astype(np.int32)
+        px = np.rint(np.maximum(np.minimum((x - self.cx) * scale + (SIZE / 2 - 0.5), 1e6), -1e6))
+        py = np.rint(np.maximum(np.minimum((self.cy - y) * scale + (SIZE / 2 - 0.5), 1e6), -1e6))
+        # At 1 position/s many consecutive positions share a pixel (a receiver-frame pixel is
+        # ~4 km wide); drawing the repeats changes nothing and costs time.
+        if px.size > 1:
+            moved = np.empty(px.size, dtype=bool)
+            moved[0] = True
+            np.not_equal(px[1:], px[:-1], out=moved[1:])
+            moved[1:] |= py[1:] != py[:-1]
+            px, py = px[moved], py[moved]
+        return np.stack([px, py], axis=1).astype(np.int32)
 
 
 def receiver_frame(range_km: float) -> Frame:
@@ -56,15 +63,28 @@ def shape_frame(x: np.ndarray, y: np.ndarray) -> Frame:
     return Frame((x0 + x1) / 2, (y0 + y1) / 2, max(side, MIN_SHAPE_SIDE_KM))
 
 
+class _Canvas(threading.local):
+    """One reusable 64x64 image per thread: creating a Pillow image and its Draw object per
+    channel costs more than drawing a whole track."""
+
+    def __init__(self) -> None:
+        self.image = Image.new("L", (SIZE, SIZE), 0)
+        self.draw = ImageDraw.Draw(self.image)
+
+
+_canvas = _Canvas()
+
+
 def draw(points: np.ndarray) -> np.ndarray:
     """A (64, 64) uint8 0/1 image of the polyline through integer pixel ``points`` (n, 2)."""
-    img = Image.new("L", (SIZE, SIZE), 0)
-    d = ImageDraw.Draw(img)
+    c = _canvas
+    c.image.paste(0, (0, 0, SIZE, SIZE))
     if len(points) == 1:
-        d.point([tuple(points[0])], fill=1)
+        c.draw.point([tuple(points[0].tolist())], fill=1)
     else:
-        d.line(points.ravel().tolist(), fill=1, width=1)
-    return np.asarray(img, dtype=np.uint8)
+        c.draw.line(points.ravel().tolist(), fill=1, width=1)
+    # tobytes + frombuffer is several times faster than np.asarray on a Pillow image.
+    return np.frombuffer(c.image.tobytes(), dtype=np.uint8).reshape(SIZE, SIZE)
 
 
 def rasterize_xy(x: np.ndarray, y: np.ndarray, range_km: float) -> tuple[np.ndarray, float]:

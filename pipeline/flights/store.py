@@ -1,0 +1,345 @@
+"""Flights in the database: place newly arrived positions, close and rasterize finished flights.
+
+One pass (:func:`process_flights`) runs in ONE transaction under a transaction-level advisory
+lock, so two workers on one database never place the same positions twice and a crash leaves
+nothing half done:
+
+1. read every position that arrived since the last pass (``positions.inserted_at`` above the
+   watermark kept in ``pipeline_state``), one query for all aircraft, ordered by time;
+2. cut them with the gap rule (:mod:`pipeline.flights.segment`) and record them as open flights
+   (new rows, or first_seen/last_seen/n_positions of an open flight updated);
+3. close every open flight whose last position is more than the gap behind the data clock:
+   read its positions (icao24 + time range, one query for all of them), compute features,
+   draw the two-channel image and store everything with state='finished'.
+
+The positions table is only ever appended to; flights refer to positions by aircraft and
+time range (the query in :data:`FLIGHT_POSITIONS_SQL`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+
+from pipeline.config import Settings
+from pipeline.flights import features, raster, segment
+from pipeline.flights.clock import data_clock
+from pipeline.geo import to_local_km
+
+log = logging.getLogger(__name__)
+
+# A writer's transaction stamps its rows with its start time (now()) but they become visible
+# only at commit. Rows stamped within this margin of the present may still be invisible, so a
+# pass reads (and moves the watermark) only up to now() - margin; --final reads everything.
+COMMIT_MARGIN = dt.timedelta(seconds=60)
+
+# Documented for SQL users: the positions of flight :id.
+FLIGHT_POSITIONS_SQL = """\
+SELECT p.*
+FROM flights f
+JOIN positions p ON p.icao24 = f.icao24 AND p.receiver_id = f.receiver_id
+                AND p.time BETWEEN f.first_seen AND f.last_seen
+WHERE f.id = :id AND NOT p.on_ground
+ORDER BY p.time"""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_REC = np.dtype([("t", ">i8"), ("g", "u1")])       # new positions: time (us), on_ground
+_LATLON = np.dtype([("lat", ">f8"), ("lon", ">f8")])
+_US = "(extract(epoch FROM {col}) * 1000000)::int8"
+
+
+@dataclass
+class PassResult:
+    skipped: bool = False         # another worker held the lock
+    new_positions: int = 0        # airborne positions placed into flights
+    ground_positions: int = 0     # on-ground positions seen (they belong to no flight)
+    created: int = 0
+    extended: int = 0
+    merged: int = 0               # open flights joined into another by a bridging run
+    late: int = 0
+    closed: int = 0
+    empty: int = 0                # closed without any position left (retention dropped them)
+    clock: dt.datetime | None = None
+    seconds: float = 0.0
+
+
+def to_datetime(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=int(us))
+
+
+def lock_key(receiver_id: str) -> str:
+    return f"adsb.flights:{receiver_id}"
+
+
+def take_lock(conn: sa.Connection, key: str, wait: bool) -> bool:
+    """Transaction-level advisory lock named ``key``; released at commit or rollback."""
+    if wait:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        return True
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"),
+                             {"k": key}).scalar())
+
+
+def _watermark_key(receiver_id: str) -> str:
+    return f"flights.watermark:{receiver_id}"
+
+
+def process_flights(engine: sa.Engine, settings: Settings, *, final: bool = False,
+                    wait: bool = True) -> PassResult:
+    """One pass: place new positions, close finished flights. ``final`` closes every open
+    flight and reads positions up to the present (end of a replay). With ``wait=False`` a pass
+    that finds another worker holding the lock returns at once with ``skipped=True``."""
+    started = time.perf_counter()
+    res = PassResult()
+    rid = settings.receiver_id
+    gap_us = int(round(settings.flight_gap_s * segment.US))
+    with engine.begin() as conn:
+        if not take_lock(conn, lock_key(rid), wait):
+            return PassResult(skipped=True)
+        # Read after taking the lock, each statement with a fresh snapshot (READ COMMITTED):
+        # a pass that waited for another one sees what that one wrote.
+        cutoff = None if final else conn.execute(
+            sa.text("SELECT clock_timestamp() - :m"), {"m": COMMIT_MARGIN}).scalar()
+        old_wm = _get_watermark(conn, rid)
+        batch, newest = _read_new(conn, rid, old_wm, cutoff)
+        late_ids = _place(conn, settings, batch, old_wm, cutoff, gap_us, res)
+        new_wm = cutoff if cutoff is not None else newest
+        if new_wm is not None and (old_wm is None or new_wm > old_wm):
+            _set_watermark(conn, rid, new_wm)
+        res.clock = data_clock(conn)
+        # Late flights are finished at birth: their time is already behind the data clock.
+        # Only their own rows count: the finished flight's rows share their time range.
+        late = set(late_ids)
+        ids = [i for i in _due(conn, rid, res.clock, gap_us, cutoff, final) if i not in late]
+        _close(conn, settings, [(i, None) for i in ids] + [(i, old_wm) for i in late_ids],
+               cutoff, res)
+    res.seconds = time.perf_counter() - started
+    log.info("flights: %d new positions, %d flights created (%d late), %d extended, %d closed "
+             "in %.2f s (data clock %s)", res.new_positions, res.created, res.late, res.extended,
+             res.closed, res.seconds, res.clock)
+    return res
+
+
+# ---- watermark ----------------------------------------------------------------------------
+def _get_watermark(conn: sa.Connection, rid: str) -> dt.datetime | None:
+    value = conn.execute(sa.text("SELECT value->>'inserted_at' FROM pipeline_state WHERE key = :k"),
+                         {"k": _watermark_key(rid)}).scalar()
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def _set_watermark(conn: sa.Connection, rid: str, wm: dt.datetime) -> None:
+    conn.execute(sa.text(
+        "INSERT INTO pipeline_state (key, value, updated_at) "
+        "VALUES (:k, jsonb_build_object('inserted_at', :v), now()) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()"),
+        {"k": _watermark_key(rid), "v": wm.isoformat()})
+
+
+def _inserted_filter(wm: dt.datetime | None, cutoff: dt.datetime | None, alias: str = ""
+                     ) -> tuple[str, dict]:
+    conds, params = [], {}
+    if wm is not None:
+        conds.append(f"{alias}inserted_at > :wm")
+        params["wm"] = wm
+    if cutoff is not None:
+        conds.append(f"{alias}inserted_at <= :cutoff")
+        params["cutoff"] = cutoff
+    return (" AND ".join(conds) or "true"), params
+
+
+# ---- placing new positions ----------------------------------------------------------------
+def _read_new(conn: sa.Connection, rid: str, wm: dt.datetime | None,
+              cutoff: dt.datetime | None) -> tuple[dict[str, np.ndarray], dt.datetime | None]:
+    """Positions that arrived since the watermark: {icao24: records (t us, on_ground)} sorted
+    by time, and the newest inserted_at read. One query; each aircraft's rows come back as one
+    binary string so that 200 k rows cost one round trip and no per-row Python objects."""
+    where, params = _inserted_filter(wm, cutoff)
+    rows = conn.execute(sa.text(
+        f"SELECT icao24, string_agg(int8send({_US.format(col='time')}) || "
+        "CASE WHEN on_ground THEN '\\x01'::bytea ELSE '\\x00'::bytea END, ''::bytea "
+        "ORDER BY time), max(inserted_at) "
+        f"FROM positions WHERE receiver_id = :rid AND {where} GROUP BY icao24"),
+        {"rid": rid, **params}).all()
+    batch = {icao: np.frombuffer(recs, dtype=_REC) for icao, recs, _ in rows}
+    newest = max((r[2] for r in rows), default=None)
+    return batch, newest
+
+
+def _place(conn: sa.Connection, settings: Settings, batch: dict[str, np.ndarray],
+           wm: dt.datetime | None, cutoff: dt.datetime | None, gap_us: int,
+           res: PassResult) -> list[int]:
+    """Record the new positions as flights; returns the ids of late flights created."""
+    if not batch:
+        return []
+    rid = settings.receiver_id
+    lo = min(int(r["t"][0]) for r in batch.values()) - gap_us
+    hi = max(int(r["t"][-1]) for r in batch.values()) + gap_us
+    known = _known_flights(conn, rid, list(batch), lo, hi)
+    old_ground = _old_ground(conn, rid, wm, lo, hi) if wm is not None else {}
+
+    inserts: list[tuple] = []       # (icao24, first, last, n, late)
+    updates: dict[int, segment.Known] = {}
+    deletes: list[int] = []
+    for icao, recs in batch.items():
+        airborne = recs["t"][recs["g"] == 0]
+        ground = np.sort(np.concatenate([recs["t"][recs["g"] == 1],
+                                         old_ground.get(icao, np.empty(0, np.int64))]))
+        res.ground_positions += int((recs["g"] == 1).sum())
+        res.new_positions += int(airborne.size)
+        flights = known.get(icao, [])
+        for p in segment.place(airborne, ground, flights, gap_us):
+            n = p.last - p.first + 1
+            if p.action is segment.Action.EXTEND:
+                head = next(k for k in flights if k.id == p.into[0])
+                updates[head.id] = head
+                deletes.extend(p.into[1:])
+                res.extended += 1
+                res.merged += len(p.into) - 1
+            else:
+                late = p.action is segment.Action.LATE
+                inserts.append((icao, rid, to_datetime(airborne[p.first]),
+                                to_datetime(airborne[p.last]), n, late))
+                res.created += 1
+                res.late += late
+    for i in deletes:
+        updates.pop(i, None)
+    cur = conn.connection.driver_connection.cursor()
+    late_ids = []
+    if inserts:
+        ids = execute_values(
+            cur, "INSERT INTO flights (icao24, receiver_id, first_seen, last_seen, n_positions, "
+                 "late) VALUES %s RETURNING id, late", inserts, fetch=True, page_size=1000)
+        late_ids = [i for i, late in ids if late]
+    if updates:
+        execute_values(
+            cur, "UPDATE flights f SET first_seen = v.first, last_seen = v.last, "
+                 "n_positions = v.n FROM (VALUES %s) AS v(id, first, last, n) "
+                 "WHERE f.id = v.id AND f.state = 'open'",
+            [(k.id, to_datetime(k.first_us), to_datetime(k.last_us), k.n_positions)
+             for k in updates.values()], page_size=1000)
+    if deletes:
+        # Open flights joined into another by a run that bridged them: no image or score yet.
+        cur.execute("DELETE FROM flights WHERE id = ANY(%s) AND state = 'open'", (deletes,))
+    return late_ids
+
+
+def _known_flights(conn: sa.Connection, rid: str, icaos: list[str], lo: int, hi: int
+                   ) -> dict[str, list[segment.Known]]:
+    rows = conn.execute(sa.text(
+        f"SELECT id, icao24, {_US.format(col='first_seen')}, {_US.format(col='last_seen')}, "
+        "n_positions, state = 'open' FROM flights WHERE receiver_id = :rid "
+        "AND icao24 = ANY(:icaos) AND last_seen >= :lo AND first_seen <= :hi"),
+        {"rid": rid, "icaos": icaos, "lo": to_datetime(lo), "hi": to_datetime(hi)}).all()
+    out: dict[str, list[segment.Known]] = {}
+    for fid, icao, first, last, n, is_open in rows:
+        out.setdefault(icao, []).append(segment.Known(fid, first, last, n, is_open))
+    return out
+
+
+def _old_ground(conn: sa.Connection, rid: str, wm: dt.datetime, lo: int, hi: int
+                ) -> dict[str, np.ndarray]:
+    """On-ground times already processed in earlier passes (a landing seen then still splits
+    a flight from a take-off seen now)."""
+    rows = conn.execute(sa.text(
+        f"SELECT icao24, string_agg(int8send({_US.format(col='time')}), ''::bytea ORDER BY time) "
+        "FROM positions WHERE receiver_id = :rid AND on_ground AND inserted_at <= :wm "
+        "AND time BETWEEN :lo AND :hi GROUP BY icao24"),
+        {"rid": rid, "wm": wm, "lo": to_datetime(lo), "hi": to_datetime(hi)}).all()
+    return {icao: np.frombuffer(b, dtype=">i8").astype(np.int64) for icao, b in rows}
+
+
+# ---- closing finished flights -------------------------------------------------------------
+def _due(conn: sa.Connection, rid: str, clock: dt.datetime, gap_us: int,
+         cutoff: dt.datetime | None, final: bool) -> list[int]:
+    """Open flights to close now. A flight is held back while positions not yet placed (newer
+    than the cutoff) could still extend it."""
+    if final:
+        return list(conn.execute(sa.text(
+            "SELECT id FROM flights WHERE receiver_id = :rid AND state = 'open' ORDER BY id"),
+            {"rid": rid}).scalars())
+    gap = dt.timedelta(microseconds=gap_us)
+    rows = conn.execute(sa.text(
+        "SELECT f.id FROM flights f LEFT JOIN ("
+        "  SELECT icao24, min(time) AS t FROM positions "
+        "  WHERE receiver_id = :rid AND inserted_at > :cutoff GROUP BY icao24) u "
+        "ON u.icao24 = f.icao24 "
+        "WHERE f.receiver_id = :rid AND f.state = 'open' AND f.last_seen < :before "
+        "AND (u.t IS NULL OR u.t > f.last_seen + :gap) ORDER BY f.id"),
+        {"rid": rid, "cutoff": cutoff, "before": clock - gap, "gap": gap}).scalars()
+    return list(rows)
+
+
+def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.datetime | None]],
+           cutoff: dt.datetime | None, res: PassResult) -> None:
+    """Read the positions of every flight in ``todo`` (id, only rows inserted after this time
+    or None) in one query, and store image, features and state='finished' in one UPDATE."""
+    if not todo:
+        return
+    started = time.perf_counter()
+    cut = "AND p.inserted_at <= :cutoff" if cutoff is not None else ""
+    rows = conn.execute(sa.text(
+        "SELECT f.id, count(*), min(p.time), max(p.time), "
+        "string_agg(float8send(p.latitude) || float8send(p.longitude), ''::bytea ORDER BY p.time), "
+        "min(p.altitude), max(p.altitude), mode() WITHIN GROUP (ORDER BY p.callsign) "
+        "FROM unnest(CAST(:ids AS bigint[]), CAST(:after AS timestamptz[])) AS v(id, after) "
+        "JOIN flights f ON f.id = v.id "
+        "JOIN positions p ON p.icao24 = f.icao24 AND p.receiver_id = f.receiver_id "
+        "  AND p.time BETWEEN f.first_seen AND f.last_seen "
+        f"WHERE NOT p.on_ground AND (v.after IS NULL OR p.inserted_at > v.after) {cut} "
+        "GROUP BY f.id"),
+        {"ids": [i for i, _ in todo], "after": [a for _, a in todo], "cutoff": cutoff}).all()
+    values = [_finished_values(settings, *r) for r in rows]
+    found = {r[0] for r in rows}
+    empty = [i for i, _ in todo if i not in found]
+    cur = conn.connection.driver_connection.cursor()
+    if values:
+        execute_values(
+            cur, "UPDATE flights f SET state = 'finished', closed_at = now(), n_positions = v.n, "
+                 "first_seen = v.first, last_seen = v.last, callsign = v.callsign, "
+                 "min_altitude = v.amin, max_altitude = v.amax, path_km = v.path, "
+                 "straight_km = v.straight, tortuosity = v.tort, turning_deg = v.turn, "
+                 "max_distance_km = v.maxd, image = v.image, where_lit = v.wl, "
+                 "shape_lit = v.sl, shape_side_km = v.side "
+                 "FROM (VALUES %s) AS v(id, n, first, last, callsign, amin, amax, path, "
+                 "straight, tort, turn, maxd, image, wl, sl, side) WHERE f.id = v.id",
+            values, page_size=500,
+            template="(%s, %s, %s::timestamptz, %s::timestamptz, %s, %s::int, %s::int, %s::real, "
+                     "%s::real, %s::real, %s::real, %s::real, %s::bytea, %s::real, %s::real, "
+                     "%s::real)")
+    if empty:
+        # Only when retention dropped the positions of a flight that was still open.
+        log.warning("flights: %d flights had no positions left when closed (ids %s...)",
+                    len(empty), empty[:5])
+        cur.execute("UPDATE flights SET state = 'finished', closed_at = now(), n_positions = 0 "
+                    "WHERE id = ANY(%s)", (empty,))
+    res.closed += len(todo)
+    res.empty += len(empty)
+    secs = time.perf_counter() - started
+    log.debug("flights: closed %d in %.2f s (%.0f flights/s)", len(todo), secs,
+              len(todo) / max(secs, 1e-9))
+
+
+def _finished_values(settings: Settings, fid: int, n: int, first: dt.datetime,
+                     last: dt.datetime, latlon: bytes, amin, amax, callsign) -> tuple:
+    pts = np.frombuffer(latlon, dtype=_LATLON)
+    lat, lon = pts["lat"].astype(np.float64), pts["lon"].astype(np.float64)
+    img, side, feat = render(settings, lat, lon)
+    where_lit, shape_lit = raster.lit_fractions(img)
+    return (fid, n, first, last, callsign, amin, amax, feat.path_km, feat.straight_km,
+            feat.tortuosity, feat.turning_deg, feat.max_distance_km,
+            raster.encode_png(img), where_lit, shape_lit, side)
+
+
+def render(settings: Settings, lat: np.ndarray, lon: np.ndarray
+           ) -> tuple[np.ndarray, float, features.Features]:
+    """Image, shape side (km) and features of one track, in the receiver's frame."""
+    x, y = to_local_km(lat, lon, settings.receiver_lat, settings.receiver_lon)
+    img, side = raster.rasterize_xy(x, y, settings.range_km)
+    return img, side, features.compute_xy(x, y)
+

@@ -1,0 +1,313 @@
+"""The worker: APScheduler 3 jobs that close and rasterize flights, score, train and drop old data.
+
+Jobs, all with ``coalesce=True`` and ``max_instances=1``:
+
+* ``flights``   every minute: place new positions, close finished flights, draw their images;
+* ``score``     every minute: score finished flights with the active model;
+* ``train``     on ADSB_TRAIN_CRON, in a child process (a crash or an out-of-memory kill of
+  TensorFlow cannot take the scheduler down);
+* ``train-when-ready`` every few minutes: train at once when no model is active but enough
+  finished flights exist (a fresh install need not wait for the nightly run);
+* ``retention`` daily: partitions ahead, and dropping positions older than ADSB_RETENTION_DAYS.
+
+Each run is recorded in ``job_runs``. A failing job (database gone, training crashed) is
+logged and counted; the next tick simply tries again. Every job is safe with two workers on
+one database: the flight pass holds an advisory lock and skips while another worker has it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import fields
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from pipeline import config
+from pipeline.config import Settings
+from pipeline.db import partitions
+from pipeline.db.engine import make_engine
+from pipeline.flights import store
+from pipeline.flights.clock import data_clock
+
+log = logging.getLogger(__name__)
+
+TICK_S = 60
+TRAIN_CHECK_S = 300
+# After an automatic training attempt (failed or rejected), wait this long before the next.
+TRAIN_RETRY = dt.timedelta(hours=1)
+CHILD_GRACE_S = 30          # SIGTERM, then this long, then SIGKILL
+JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+
+
+class JobFailed(RuntimeError):
+    """A job that ran but did not succeed (e.g. the training child exited non-zero)."""
+
+
+class Worker:
+    """The jobs themselves, with what they share: engine, settings, the training child."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine,
+                 train_command: list[str] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.train_command = train_command or [sys.executable, "-m", "pipeline.cli", "train",
+                                               "--quiet"]
+        self.stopping = threading.Event()
+        self.runs: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self._child: subprocess.Popen | None = None
+        self._child_lock = threading.Lock()
+        self._scorer_missing = False
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def run(self, job: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``fn`` as job ``job``: record it in job_runs, never raise."""
+        started = time.perf_counter()
+        self.runs[job] = self.runs.get(job, 0) + 1
+        self._record(job, "INSERT INTO job_runs (job, last_started, runs) VALUES (:j, now(), 1) "
+                          "ON CONFLICT (job) DO UPDATE SET last_started = now(), "
+                          "runs = job_runs.runs + 1", {"j": job})
+        try:
+            result, ok, error = fn(), True, None
+        except Exception as e:     # the scheduler must outlive any job failure
+            result, ok, error = None, False, f"{type(e).__name__}: {e}"
+            self.failures[job] = self.failures.get(job, 0) + 1
+            log.error("job %s failed: %s", job, error.splitlines()[0][:500])
+        secs = time.perf_counter() - started
+        self._record(job, "UPDATE job_runs SET last_finished = now(), last_ok = :ok, "
+                          "last_error = :err, last_seconds = :s, "
+                          "failures = failures + CASE WHEN :ok THEN 0 ELSE 1 END WHERE job = :j",
+                     {"j": job, "ok": ok, "err": error, "s": secs})
+        return ok, result
+
+    def _record(self, job: str, sql: str, params: dict) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(sql), params)
+        except Exception as e:
+            log.warning("job %s: cannot record the run in job_runs: %s", job,
+                        str(e).splitlines()[0][:200])
+
+    # ---- jobs --------------------------------------------------------------------------------
+    def close_flights(self, final: bool = False, wait: bool = False) -> store.PassResult:
+        return store.process_flights(self.engine, self.settings, final=final, wait=wait)
+
+    def score(self) -> int | None:
+        try:
+            from pipeline.model.score import score_pending
+        except ImportError as e:
+            if not self._scorer_missing:
+                log.warning("scoring is not available (%s); skipping it", e)
+                self._scorer_missing = True
+            return None
+        return score_pending(self.engine, self.settings)
+
+    def train(self) -> int | None:
+        """Train in a child process; returns its exit status (0), None when another training
+        runs (here or in another worker), raises if it failed."""
+        # The transaction only carries the advisory lock, so that two workers never train at
+        # once; it ends (and frees the lock) whatever happens to the child.
+        with self.engine.begin() as conn:
+            if not store.take_lock(conn, "adsb.train", wait=False):
+                log.info("training: another training run is in progress; skipping")
+                return None
+            return self._train_child()
+
+    def _train_child(self) -> int:
+        env = dict(os.environ)
+        env.update(settings_env(self.settings, self.engine))
+        with self._child_lock:
+            if self.stopping.is_set():
+                return 0
+            log.info("training: starting %s", " ".join(self.train_command[1:]))
+            self._child = subprocess.Popen(self.train_command, env=env)
+        child = self._child
+        deadline = time.monotonic() + 2 * self.settings.train_budget_s + 600
+        try:
+            while child.poll() is None:
+                if self.stopping.wait(1.0) or time.monotonic() > deadline:
+                    why = "stopping" if self.stopping.is_set() else "over its time budget"
+                    log.warning("training: %s, terminating the child process", why)
+                    self.terminate_child()
+                    break
+        finally:
+            with self._child_lock:
+                self._child = None
+        rc = child.wait()
+        if rc != 0:
+            raise JobFailed(f"training process exited with status {rc}" if rc > 0
+                            else f"training process killed by signal {-rc}")
+        return rc
+
+    def train_when_ready(self) -> bool:
+        """Train now if no model is active, enough finished flights exist, and no automatic
+        attempt was made within TRAIN_RETRY. Returns whether it trained."""
+        with self.engine.connect() as conn:
+            active = conn.execute(sa.text(
+                "SELECT count(*) FROM models WHERE status = 'active'")).scalar()
+            if active:
+                return False
+            n = conn.execute(sa.text(
+                "SELECT count(*) FROM flights WHERE state = 'finished' AND image IS NOT NULL"
+            )).scalar()
+            recent = conn.execute(sa.text(
+                "SELECT last_started > now() - :r FROM job_runs WHERE job = 'train'"),
+                {"r": TRAIN_RETRY}).scalar()
+        if n < self.settings.train_min_flights or recent:
+            return False
+        log.info("training: no active model and %d finished flights; training now", n)
+        ok, _ = self.run("train", self.train)
+        if not ok:
+            raise JobFailed("training failed (see the train job)")
+        return True
+
+    def retention(self) -> list[str]:
+        with self.engine.begin() as conn:
+            partitions.ensure_ahead(conn, dt.datetime.now(dt.timezone.utc).date())
+            if self.settings.retention_days is None:
+                return []
+            cutoff = data_clock(conn) - dt.timedelta(days=self.settings.retention_days)
+            return partitions.drop_before(conn, cutoff.date())
+
+    # ---- stopping ----------------------------------------------------------------------------
+    def terminate_child(self) -> None:
+        with self._child_lock:
+            child = self._child
+        if child is None or child.poll() is not None:
+            return
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(CHILD_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("training: child did not stop after SIGTERM; killing it")
+            child.kill()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.terminate_child()
+
+
+def settings_env(settings: Settings, engine: sa.Engine | None = None) -> dict[str, str]:
+    """ADSB_* variables that give a child process exactly these settings (and this database,
+    even an embedded one started by this process)."""
+    env = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[config.env_name(f.name)] = str(value)
+    if engine is not None:
+        env[config.env_name("database_url")] = engine.url.render_as_string(hide_password=False)
+        env.pop(config.env_name("database_password_file"), None)
+    return env
+
+
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def cron_trigger(expr: str) -> CronTrigger:
+    """A trigger for a crontab line (UTC). APScheduler 3 numbers weekdays from Monday = 0 while
+    crontab uses Sunday = 0 (and 7), so numeric weekdays are turned into names first."""
+    parts = expr.split()
+    if len(parts) != 5:
+        raise ValueError(f"ADSB_TRAIN_CRON={expr!r}: expected 5 crontab fields")
+    parts[4] = re.sub(r"(?<![/\d])\d+", lambda m: _DAYS[int(m.group()) % 7], parts[4])
+    return CronTrigger.from_crontab(" ".join(parts), timezone=dt.timezone.utc)
+
+
+def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | None = None,
+                    scheduler: BaseScheduler | None = None) -> BaseScheduler:
+    """A scheduler (not started) with every job of the worker. Pass ``worker`` to keep a
+    handle on it (to stop the training child), ``scheduler`` for a BlockingScheduler."""
+    worker = worker or Worker(settings, engine)
+    sched = scheduler or BackgroundScheduler(timezone=dt.timezone.utc)
+    sched.configure(job_defaults=JOB_DEFAULTS, timezone=dt.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def job(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        return lambda: None if worker.stopping.is_set() else worker.run(name, fn)
+
+    sched.add_job(job("flights", worker.close_flights), "interval", seconds=TICK_S,
+                  id="flights", name="close and rasterize flights", next_run_time=now)
+    sched.add_job(job("score", worker.score), "interval", seconds=TICK_S, id="score",
+                  name="score finished flights", next_run_time=now + dt.timedelta(seconds=20))
+    sched.add_job(job("train", worker.train), cron_trigger(settings.train_cron),
+                  id="train", name="train a model",
+                  misfire_grace_time=3600)
+    sched.add_job(job("train-when-ready", worker.train_when_ready), "interval",
+                  seconds=TRAIN_CHECK_S, id="train-when-ready",
+                  name="train when no model is active", next_run_time=now + dt.timedelta(seconds=40))
+    sched.add_job(job("retention", worker.retention), "interval", days=1, id="retention",
+                  name="partitions ahead and retention", next_run_time=now,
+                  misfire_grace_time=3600)
+    return sched
+
+
+def run_worker(settings: Settings, stop: threading.Event, engine: sa.Engine | None = None,
+               worker: Worker | None = None) -> None:
+    """Run the scheduler until ``stop`` is set; then terminate a training child, let a running
+    flight or score pass finish (they are single transactions) and return."""
+    own_engine = engine is None
+    engine = engine or make_engine(settings)
+    worker = worker or Worker(settings, engine)
+    sched = build_scheduler(settings, engine, worker=worker)
+    sched.start()
+    log.info("worker started: jobs %s", ", ".join(j.id for j in sched.get_jobs()))
+    try:
+        stop.wait()
+    finally:
+        log.info("worker stopping")
+        worker.stop()
+        sched.shutdown(wait=True)
+        if own_engine:
+            engine.dispose()
+        log.info("worker stopped")
+
+
+# ---- commands --------------------------------------------------------------------------------
+def worker_command(settings: Settings, args) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received signal %d", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_worker(settings, stop)
+    return 0
+
+
+def process_command(settings: Settings, args) -> int:
+    """One pass of the jobs (no training): close and rasterize, then score."""
+    engine = make_engine(settings)
+    try:
+        worker = Worker(settings, engine)
+        final = bool(getattr(args, "final", False))
+        ok, res = worker.run("flights", lambda: worker.close_flights(final=final, wait=True))
+        if not ok:
+            print("adsb-pipeline: processing flights failed (see the log)", file=sys.stderr)
+            return 1
+        print(f"flights: {res.new_positions} new positions, {res.created} flights created "
+              f"({res.late} late), {res.closed} closed in {res.seconds:.1f} s")
+        if not getattr(args, "no_score", False):
+            ok, n = worker.run("score", worker.score)
+            if not ok:
+                print("adsb-pipeline: scoring failed (see the log)", file=sys.stderr)
+                return 1
+            if n is not None:
+                print(f"scored: {n} flights")
+        return 0
+    finally:
+        engine.dispose()
