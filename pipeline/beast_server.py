@@ -10,19 +10,9 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Iterable, Iterator
-
-from pipeline.receiver.beast import COUNTER_HZ, encode_frame
+from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
-
-
-def beast_frames(messages: Iterable[tuple[float, bytes]], start_unix: float
-                 ) -> Iterator[tuple[float, bytes]]:
-    """(time, Beast frame) for (time, raw Mode-S message) pairs; the 12 MHz counter counts from
-    ``start_unix`` (a receiver's counter is relative too)."""
-    for t, msg in messages:
-        yield t, encode_frame(msg, round((t - start_unix) * COUNTER_HZ), signal=180)
 
 
 class BeastServer:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
 
     # -- ingest ------------------------------------------------------------------------------
-    p = command("ingest", "pipeline.receiver.ingest:command",
+    p = command("ingest", "pipeline.service:ingest_command",
                 "store positions from a live receiver (--live) or a capture file")
     p.add_argument("file", nargs="?", help="capture file to replay (Beast, AVR or SBS)")
     p.add_argument("--live", action="store_true",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", action="store_true",
                    help="close every open flight (end of a replay)")
     p.add_argument("--no-score", action="store_true", help="skip scoring")
-    command("worker", "pipeline.scheduler:worker_command",
+    command("worker", "pipeline.service:worker_command",
             "run the scheduler: rasterize and score every minute, train daily, retention")
     p = command("show", "pipeline.flights.show:command",
                 "write an enlarged, labelled picture of one flight's track image")
@@ -104,9 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     # -- service -----------------------------------------------------------------------------
     command("run", "pipeline.service:run_command",
             "the whole service: live ingest plus the worker's scheduler")
-    p = command("demo", "pipeline.service:demo_command",
+    p = command("demo", "pipeline.demo:command",
                 "simulated receiver + embedded database + the real service, end to end")
     p.add_argument("--forever", action="store_true", help="keep running after the first results")
+    p.add_argument("--flights", type=int, default=300, help="ordinary flights in the simulated window")
+    p.add_argument("--anomalies", type=int, default=10, help="anomalous flights in the window")
+    p.add_argument("--hours", type=float, default=3.0, help="length of the simulated window")
+    p.add_argument("--speed", type=float, default=120.0,
+                   help="times real time the simulated receiver sends (0: as fast as possible)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the simulated traffic")
     return parser
 
 
