@@ -174,7 +174,9 @@ class PositionDecoder:
                                  bds == "0,6")
                 if held:
                     for d in held:
-                        ac.held.append((d, t, ac.extra))
+                        # Held and confirmed within this same call: already accepted above.
+                        if d is not r or lat is None:
+                            ac.held.append((d, t, ac.extra))
                     held.clear()
                     del ac.held[:-_MAX_HELD_PER_AIRCRAFT]
                 if ac.held:
