@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import math
 from pathlib import Path
 
@@ -28,6 +30,32 @@ def paris_frames(path: Path, max_bytes: int) -> list[tuple[int, bytes]]:
     """(counter, message) of the complete Mode-S frames in the first ``max_bytes``."""
     with open(path, "rb") as fh:
         return BeastParser().feed(fh.read(max_bytes))
+
+
+def airborne_csv(path: Path) -> dict[tuple[str, int], tuple]:
+    """Airborne CSV rows keyed by (icao24, time in ms)."""
+    rows = {}
+    with gzip.open(path, "rt", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["onground"] == "True":
+                continue
+            t = float(r["timestamp"])
+            rows[(r["icao24"], round(t * 1000))] = (
+                t, float(r["latitude"]), float(r["longitude"]),
+                int(float(r["altitude"])) if r["altitude"] else None, r["callsign"] or None)
+    return rows
+
+
+def claim_errors(rows: list[tuple], truth: dict) -> list[tuple]:
+    """Stored rows that are not within 10 m and 0.01 s of the CSV row they belong to. A row
+    0.5 s before a CSV row is the README's extra frame sent ahead of a row after a gap."""
+    bad = []
+    for r in rows:
+        key = round(r[0] * 1000)
+        ref = truth.get((r[1], key)) or truth.get((r[1], key + 500))
+        if ref is None or metres(r[2], r[3], ref[1], ref[2]) > 10:
+            bad.append(r)
+    return bad
 
 
 def metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

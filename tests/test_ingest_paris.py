@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-
 import pytest
 
-from _ingest_support import metres, paris_frames, same_rows, stored_rows
+from _ingest_support import airborne_csv, metres, paris_frames, same_rows, stored_rows
 from conftest import PARIS_BEAST, PARIS_CSV, PARIS_START, need
 from pipeline.receiver.avr import format_frame
 from pipeline.receiver.ingest import ingest_file
@@ -17,24 +14,11 @@ START_EPOCH = 1633608001.0
 SUBSET_BYTES = 1_500_000          # about 25 minutes of traffic: enough for every code path
 
 
-def _airborne_csv() -> dict[tuple[str, int], tuple]:
-    rows = {}
-    with gzip.open(need(PARIS_CSV), "rt", newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["onground"] == "True":
-                continue
-            t = float(r["timestamp"])
-            rows[(r["icao24"], round(t * 1000))] = (
-                t, float(r["latitude"]), float(r["longitude"]),
-                int(float(r["altitude"])) if r["altitude"] else None, r["callsign"] or None)
-    return rows
-
-
 @pytest.mark.slow
 def test_paris_replay_matches_the_csv(settings, db_url, tmp_path):
     stats = ingest_file(settings, need(PARIS_BEAST), "auto", PARIS_START, progress=False)
     rows = stored_rows(db_url)
-    truth = _airborne_csv()
+    truth = airborne_csv(need(PARIS_CSV))
     assert len(truth) == 229_134
 
     # Counters: what the data README says the stream holds.
