@@ -54,6 +54,12 @@ class Settings:
     receiver_lon: float = _setting(2.42, "Receiver longitude, degrees.", minimum=-180, maximum=180)
     receiver_id: str = _setting("default", "Name stored with every position (several receivers "
                                 "can share one database).")
+    receiver_timeout_s: float = _setting(60.0, "No byte from the receiver for this long: the "
+                                         "link is treated as dead and reconnected.", minimum=0.1)
+    receiver_clock: str = _setting("wall", "Time stamp of live messages: 'wall' = receive time; "
+                                   "'counter' = the Beast/AVR 12 MHz counter, anchored at the "
+                                   "wall clock when the first frame arrives.",
+                                   choices=("wall", "counter"))
     range_km: float = _setting(121.0, "Receiver range: positions beyond 1.5x are rejected; the "
                                "'where' image covers +-range.", minimum=1, maximum=1000)
     retention_days: int | None = _setting(None, "Drop position partitions older than this many "

@@ -1,0 +1,283 @@
+"""Frames -> position rows: pyModeS ``PipeDecoder`` plus the checks and bookkeeping around it.
+
+Each position is stored once, at the time of the frame it belongs to. ``PipeDecoder`` gives
+both halves of a globally decoded CPR pair the newer frame's position, and while it builds
+trust in a new aircraft it holds positions back and fills them in later. Here a position is
+taken only from the frame whose ``decode()`` call produced it (the newer half of the pair);
+held positions are watched and emitted when ``PipeDecoder`` fills them in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from pyModeS import PipeDecoder
+
+log = logging.getLogger(__name__)
+
+# Same envelope as PipeDecoder's own motion check: 1500 kt plus 2 km of position noise.
+MAX_SPEED_KMPS = 1500 * 1.852 / 3600
+SPEED_MARGIN_KM = 2.0
+# Aircraft state (latest callsign and velocity, last stored position) and held positions are
+# forgotten after this much silence; PipeDecoder forgets its own state after the same time.
+STATE_TTL_S = 300.0
+_MAX_HELD_PER_AIRCRAFT = 8
+_EARTH_KM_PER_DEG = 6371.0088 * math.pi / 180
+_POSITION_BDS = ("0,5", "0,6")
+_NULL = "\\N"          # COPY text NULL
+
+
+class _CrcGatedPipeDecoder(PipeDecoder):
+    """``PipeDecoder`` that keeps CRC-failed DF17/18 frames out of CPR pairing.
+
+    pyModeS 3.6 pairs a CRC-failed position frame like a good one (corrupted bits then become
+    positions km off and spoil the good frame they pair with). Gating on the ``crc_valid`` that
+    ``decode()`` has just computed costs nothing, where checking the CRC a second time before
+    ``decode()`` would cost about a tenth of the decoder's throughput.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.held: list[dict] = []
+
+    def _handle_cpr_pair(self, result, icao, timestamp):  # noqa: ANN001 (pyModeS signature)
+        if result.get("crc_valid") is False:
+            return True        # "handled": no pairing, no local decoding for this frame
+        return super()._handle_cpr_pair(result, icao, timestamp)
+
+    def _bootstrap_accumulate(self, results, icao, lat, lon, timestamp):  # noqa: ANN001
+        # The first dict is the frame being decoded, the newer half that owns the position.
+        self.held.append(results[0] if isinstance(results, list) else results)
+        super()._bootstrap_accumulate(results, icao, lat, lon, timestamp)
+
+
+for _hook in ("_handle_cpr_pair", "_bootstrap_accumulate"):
+    if not hasattr(PipeDecoder, _hook):   # pragma: no cover - guards a pyModeS upgrade
+        raise ImportError(f"pyModeS PipeDecoder has no {_hook}(); this pyModeS is not supported")
+
+
+@dataclass
+class DecodeCounters:
+    messages: int = 0            # Mode-S frames decoded
+    crc_failures: int = 0        # DF17/18 frames whose CRC failed (dropped)
+    positions: int = 0           # position rows accepted
+    rejected_range: int = 0      # farther than 1.5 x range from the receiver
+    rejected_speed: int = 0      # impossible speed from the aircraft's previous stored position
+    held_dropped: int = 0        # positions PipeDecoder held back and never confirmed
+    aircraft: set[str] = field(default_factory=set)   # aircraft with a stored position
+
+    @property
+    def rejected(self) -> int:
+        return self.rejected_range + self.rejected_speed
+
+
+class _Aircraft:
+    __slots__ = ("icao", "extra", "callsign", "gs", "track", "vr", "last", "seen", "held")
+
+    def __init__(self, icao: str, seen: float) -> None:
+        self.icao = icao.lower()
+        self.callsign: str | None = None
+        self.gs: float | None = None
+        self.track: float | None = None
+        self.vr: int | None = None
+        self.extra = "\\N\t\\N\t\\N\t\\N"      # COPY text of groundspeed, track, vr, callsign
+        self.last: tuple[float, float, float] | None = None   # (t, lat, lon) last stored
+        self.seen = seen
+        self.held: list[tuple[dict, float, str]] = []
+
+    def set_extra(self) -> None:
+        self.extra = "\t".join(_text(v) for v in (self.gs, self.track, self.vr, self.callsign))
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("\\", "").replace("\t", " ")
+
+
+class RowSink:
+    """Accepted positions as COPY text lines (the writer's input), plus the days they cover."""
+
+    def __init__(self, receiver_id: str) -> None:
+        self.lines: list[str] = []
+        self.days: set[dt.date] = set()
+        self._minute = -1
+        self._prefix = ""
+        self._tail = f"\t{_text(receiver_id)}\n"
+
+    def add(self, t: float, icao: str, lat: float, lon: float, alt: object, extra: str,
+            on_ground: bool) -> None:
+        minute = int(t // 60)
+        if minute != self._minute:
+            st = time.gmtime(minute * 60)
+            self._minute = minute
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:", st)
+            self.days.add(dt.date(st.tm_year, st.tm_mon, st.tm_mday))
+        alt_text = _NULL if alt is None else int(alt)
+        self.lines.append(
+            f"{self._prefix}{t - minute * 60:09.6f}+00\t{icao}\t{lat:.7f}\t{lon:.7f}\t"
+            f"{alt_text}\t{extra}\t{'t' if on_ground else 'f'}{self._tail}")
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+class PositionDecoder:
+    """Feeds raw Mode-S frames to pyModeS and turns what it decodes into checked rows."""
+
+    def __init__(self, receiver_lat: float, receiver_lon: float, range_km: float,
+                 receiver_id: str = "default") -> None:
+        self.pipe = _CrcGatedPipeDecoder(surface_ref=(receiver_lat, receiver_lon))
+        self.counters = DecodeCounters()
+        self.sink = RowSink(receiver_id)
+        self._ref = (receiver_lat, receiver_lon)
+        self._cos_ref = math.cos(math.radians(receiver_lat))
+        self._max_km = 1.5 * range_km
+        self._aircraft: dict[str, _Aircraft] = {}
+        self._next_sweep = -math.inf
+
+    # -- raw frames ---------------------------------------------------------------------------
+    def feed(self, frames: list[tuple[float, bytes]]) -> None:
+        """Decode (time, message) pairs in order."""
+        decode = self.pipe.decode
+        held = self.pipe.held
+        counters = self.counters
+        aircraft = self._aircraft
+        for t, msg in frames:
+            r = decode(msg.hex(), timestamp=t)
+            counters.messages += 1
+            df = r.get("df")
+            if df != 17 and df != 18:
+                continue
+            if r["crc_valid"] is False:
+                counters.crc_failures += 1
+                continue
+            icao = r["icao"]
+            ac = aircraft.get(icao)
+            if ac is None:
+                ac = aircraft[icao] = _Aircraft(icao, t)
+            ac.seen = t
+            bds = r.get("bds")
+            if bds in _POSITION_BDS:
+                lat = r.get("latitude")
+                if lat is not None:
+                    self._accept(ac, t, lat, r["longitude"], r.get("altitude"), ac.extra,
+                                 bds == "0,6")
+                if held:
+                    for d in held:
+                        # Held and confirmed within this same call: already accepted above.
+                        if d is not r or lat is None:
+                            ac.held.append((d, t, ac.extra))
+                    held.clear()
+                    del ac.held[:-_MAX_HELD_PER_AIRCRAFT]
+                if ac.held:
+                    self._release_held(ac, t)
+            elif bds == "0,8":
+                callsign = r.get("callsign")
+                if callsign and callsign != ac.callsign:
+                    ac.callsign = callsign
+                    ac.set_extra()
+            elif bds == "0,9":
+                gs, track, vr = r.get("groundspeed"), r.get("track"), r.get("vertical_rate")
+                if gs is not None or vr is not None:
+                    ac.gs, ac.track, ac.vr = gs, track, vr
+                    ac.set_extra()
+            if t >= self._next_sweep:
+                self._sweep(t)
+
+    def _release_held(self, ac: _Aircraft, now: float) -> None:
+        keep = []
+        for entry in ac.held:
+            d, t, extra = entry
+            lat = d.get("latitude")
+            if lat is not None:
+                self._accept(ac, t, lat, d["longitude"], d.get("altitude"), extra,
+                             d.get("bds") == "0,6")
+            elif now - t < STATE_TTL_S:
+                keep.append(entry)
+            else:
+                self.counters.held_dropped += 1
+        ac.held = keep
+
+    def finish(self) -> None:
+        """End of a finite stream: let PipeDecoder release what it still holds."""
+        self.pipe.flush()
+        for ac in self._aircraft.values():
+            if ac.held:
+                self._release_held(ac, math.inf)
+
+    # -- already decoded positions (SBS) -----------------------------------------------------
+    def update_identity(self, icao: str, t: float, callsign: str) -> None:
+        ac = self._get(icao, t)
+        if callsign != ac.callsign:
+            ac.callsign = callsign
+            ac.set_extra()
+
+    def update_velocity(self, icao: str, t: float, gs: float | None, track: float | None,
+                        vr: int | None) -> None:
+        ac = self._get(icao, t)
+        ac.gs, ac.track, ac.vr = gs, track, vr
+        ac.set_extra()
+
+    def add_position(self, icao: str, t: float, lat: float, lon: float, altitude: int | None,
+                     on_ground: bool) -> None:
+        ac = self._get(icao, t)
+        self._accept(ac, t, lat, lon, altitude, ac.extra, on_ground)
+        if t >= self._next_sweep:
+            self._sweep(t)
+
+    def _get(self, icao: str, t: float) -> _Aircraft:
+        key = icao.upper()
+        ac = self._aircraft.get(key)
+        if ac is None:
+            ac = self._aircraft[key] = _Aircraft(key, t)
+        ac.seen = t
+        return ac
+
+    # -- checks --------------------------------------------------------------------------------
+    def _km(self, lat1: float, lon1: float, lat2: float, lon2: float, cos_lat: float) -> float:
+        # Equirectangular distance: within 0.1 % of the great circle over a receiver's range,
+        # and several times cheaper per row.
+        dy = lat1 - lat2
+        dx = (lon1 - lon2) * cos_lat
+        return math.sqrt(dx * dx + dy * dy) * _EARTH_KM_PER_DEG
+
+    def _accept(self, ac: _Aircraft, t: float, lat: float, lon: float, alt: object,
+                extra: str, on_ground: bool) -> None:
+        counters = self.counters
+        if self._km(lat, lon, self._ref[0], self._ref[1], self._cos_ref) > self._max_km:
+            counters.rejected_range += 1
+            return
+        last = ac.last
+        if last is not None:
+            moved = self._km(lat, lon, last[1], last[2], self._cos_ref)
+            if moved > MAX_SPEED_KMPS * abs(t - last[0]) + SPEED_MARGIN_KM:
+                counters.rejected_speed += 1
+                return
+        if last is None or t >= last[0]:
+            ac.last = (t, lat, lon)
+        counters.positions += 1
+        if last is None:
+            counters.aircraft.add(ac.icao)
+        self.sink.add(t, ac.icao, lat, lon, alt, extra, on_ground)
+
+    def _sweep(self, now: float) -> None:
+        """Forget aircraft silent for STATE_TTL_S, so memory follows the live traffic."""
+        self._next_sweep = now + 60.0
+        stale = [k for k, ac in self._aircraft.items() if now - ac.seen > STATE_TTL_S]
+        for k in stale:
+            ac = self._aircraft.pop(k)
+            self.counters.held_dropped += sum(1 for d, _, _ in ac.held if d.get("latitude") is None)
+
+    @property
+    def aircraft_active(self) -> int:
+        return len(self._aircraft)

@@ -1,0 +1,331 @@
+"""Receiver -> PostgreSQL: wiring of source, framing, decoding and the COPY writer.
+
+``ingest_file()`` replays a capture, ``run_live()`` follows a receiver until ``stop`` is set;
+both return the ``IngestStats`` they updated while running (the service reads them for its
+metrics). This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.config import Settings
+from pipeline.receiver.avr import AvrParser
+from pipeline.receiver.beast import BeastParser, CounterClock
+from pipeline.receiver.decode import PositionDecoder
+from pipeline.receiver.sbs import SbsParser
+from pipeline.receiver.sources import TcpSource, detect_format, read_file
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 60.0
+_PARSERS = {"beast": BeastParser, "avr": AvrParser, "sbs": SbsParser}
+
+
+class IngestStats:
+    """Live counters of one ingest run; every attribute is safe to read from another thread."""
+
+    def __init__(self, fmt: str) -> None:
+        self.format = fmt
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.sbs_bad_time = 0
+        self.parser = _PARSERS[fmt]()
+        self.decoder: PositionDecoder | None = None
+        self.writer = None
+        self.source: TcpSource | None = None
+
+    # Framing
+    @property
+    def frames(self) -> int:
+        return self.parser.frames
+
+    @property
+    def garbage_bytes(self) -> int:
+        return self.parser.garbage_bytes
+
+    @property
+    def truncated_frames(self) -> int:
+        return self.parser.truncated
+
+    @property
+    def bad_lines(self) -> int:
+        return getattr(self.parser, "bad_lines", 0) + self.sbs_bad_time
+
+    # Decoding
+    @property
+    def messages(self) -> int:
+        return self.decoder.counters.messages if self.format != "sbs" else self.parser.frames
+
+    @property
+    def crc_failures(self) -> int:
+        return self.decoder.counters.crc_failures
+
+    @property
+    def positions(self) -> int:
+        return self.decoder.counters.positions
+
+    @property
+    def rejected_range(self) -> int:
+        return self.decoder.counters.rejected_range
+
+    @property
+    def rejected_speed(self) -> int:
+        return self.decoder.counters.rejected_speed
+
+    @property
+    def aircraft_seen(self) -> int:
+        return len(self.decoder.counters.aircraft)
+
+    # Writing
+    @property
+    def rows_written(self) -> int:
+        return self.writer.rows_written if self.writer else 0
+
+    @property
+    def rows_buffered(self) -> int:
+        return self.writer.pending if self.writer else 0
+
+    @property
+    def rows_journaled(self) -> int:
+        return self.writer.rows_journaled if self.writer else 0
+
+    @property
+    def write_lag_s(self) -> float:
+        return self.writer.write_lag_s if self.writer else 0.0
+
+    @property
+    def reconnects(self) -> int:
+        return self.source.reconnects if self.source else 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        names = ("bytes", "frames", "garbage_bytes", "truncated_frames", "bad_lines", "messages",
+                 "crc_failures", "positions", "rejected_range", "rejected_speed", "aircraft_seen",
+                 "rows_written", "rows_buffered", "rows_journaled", "write_lag_s", "reconnects")
+        return {name: getattr(self, name) for name in names}
+
+
+class _Pipeline:
+    """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
+
+    def __init__(self, settings: Settings, fmt: str, writer, *, clock: str,
+                 start_time: float | None = None) -> None:
+        self.stats = IngestStats(fmt)
+        self.fmt = fmt
+        self.clock_mode = clock                  # "wall", "counter" (anchor at first frame)
+        self.clock = CounterClock(start_time) if start_time is not None else None
+        self.decoder = PositionDecoder(settings.receiver_lat, settings.receiver_lon,
+                                       settings.range_km, settings.receiver_id)
+        self.stats.decoder = self.decoder
+        self.stats.writer = self.writer = writer
+        self._last_t = start_time
+
+    def new_connection(self) -> None:
+        self.stats.parser.reset()
+
+    def process(self, data: bytes, received: float) -> None:
+        self.stats.bytes += len(data)
+        self._dispatch(self.stats.parser.feed(data), received)
+
+    def finish(self, received: float) -> None:
+        finish = getattr(self.stats.parser, "finish", None)
+        if finish is not None:
+            self._dispatch(finish(), received)
+        self.decoder.finish()
+        self._hand_over()
+
+    def _dispatch(self, items: list, received: float) -> None:
+        if self.fmt == "sbs":
+            self._sbs(items, received)
+        else:
+            self.decoder.feed(self._timed(items, received))
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        sink = self.decoder.sink
+        if sink.lines:
+            self.writer.put(sink.take(), sink.days)
+
+    def _timed(self, frames: list[tuple[int | None, bytes]], received: float
+               ) -> Iterable[tuple[float, bytes]]:
+        if self.clock_mode == "wall":
+            return [(received, msg) for _, msg in frames]
+        out = []
+        for counter, msg in frames:
+            if counter is None:          # AVR '*' line: no counter, reuse the latest time
+                t = self._last_t if self._last_t is not None else received
+            else:
+                if self.clock is None:
+                    self.clock = CounterClock(received - counter / 12e6)
+                t = self.clock.seconds(counter)
+            self._last_t = t
+            out.append((t, msg))
+        return out
+
+    def _sbs(self, records: list, received: float) -> None:
+        dec = self.decoder
+        for rec in records:
+            t = received if self.clock_mode == "wall" else rec.time
+            if t is None:
+                self.stats.sbs_bad_time += 1
+                continue
+            if rec.kind == "pos":
+                dec.add_position(rec.icao, t, rec.latitude, rec.longitude, rec.altitude,
+                                 rec.on_ground)
+            elif rec.kind == "id":
+                dec.update_identity(rec.icao, t, rec.callsign)
+            else:
+                dec.update_velocity(rec.icao, t, rec.groundspeed, rec.track, rec.vertical_rate)
+
+
+def _make_writer(settings: Settings):
+    from pipeline.db.engine import make_engine
+    from pipeline.db.writer import PositionWriter
+
+    return PositionWriter(make_engine(settings), settings.data_dir / "journal",
+                          batch_rows=settings.batch_rows, buffer_max_rows=settings.buffer_max_rows)
+
+
+def status_line(stats: IngestStats, interval_s: float, previous: dict | None) -> str:
+    now = stats.as_dict()
+    prev = previous or dict.fromkeys(now, 0)
+    rate = lambda key: (now[key] - prev[key]) / max(interval_s, 1e-9)  # noqa: E731
+    return (f"{rate('messages'):.0f} msg/s, {rate('positions'):.0f} positions/s, "
+            f"CRC failures {now['crc_failures']}, rejected {now['rejected_range']} range + "
+            f"{now['rejected_speed']} speed, aircraft seen {now['aircraft_seen']}, "
+            f"rows written {now['rows_written']}, buffered {now['rows_buffered']}, "
+            f"write lag {now['write_lag_s']:.1f} s")
+
+
+def _parse_start(start_time: str | float | dt.datetime | None, path: Path) -> float:
+    if start_time is None:
+        return path.stat().st_mtime
+    if isinstance(start_time, (int, float)):
+        return float(start_time)
+    if isinstance(start_time, str):
+        start_time = dt.datetime.fromisoformat(start_time.replace("Z", "+00:00"))
+    if start_time.tzinfo is None:
+        start_time = start_time.replace(tzinfo=dt.timezone.utc)
+    return start_time.timestamp()
+
+
+def ingest_file(settings: Settings, path: str | Path, fmt: str = "auto",
+                start_time: str | float | dt.datetime | None = None, progress: bool = True,
+                stop: threading.Event | None = None, writer=None) -> IngestStats:
+    """Replay a capture file into the database. Beast and AVR counters are anchored at
+    ``start_time`` (counter 0 = start time); SBS lines carry their own times."""
+    path = Path(path)
+    if fmt == "auto":
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        detected = detect_format(head)
+        if detected is None and head:
+            raise ValueError(f"{path}: cannot tell the format (not Beast, AVR or SBS); "
+                             "pass --format")
+        fmt = detected or "beast"
+    own_writer = writer is None
+    writer = writer or _make_writer(settings)
+    pipe = _Pipeline(settings, fmt, writer, clock="counter", start_time=_parse_start(start_time, path))
+    stats = pipe.stats
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
+                   mininterval=0.5)
+    try:
+        last = time.monotonic()
+        for chunk in read_file(path, stop):
+            pipe.process(chunk, time.time())
+            if bar is not None:
+                bar.update(len(chunk))
+                now = time.monotonic()
+                if now - last > 0.5:
+                    last = now
+                    bar.set_postfix_str(f"{stats.messages / (now - stats.started):,.0f} msg/s",
+                                        refresh=False)
+        pipe.finish(time.time())
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_writer:
+            writer.close()
+    log.info("%s (%s): %s", path.name, fmt, _summary(stats))
+    return stats
+
+
+def _summary(stats: IngestStats) -> str:
+    return ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in stats.as_dict().items())
+
+
+def run_live(settings: Settings, stop: threading.Event, writer=None) -> IngestStats:
+    """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush."""
+    own_writer = writer is None
+    writer = writer or _make_writer(settings)
+    pipe = _Pipeline(settings, settings.receiver_format, writer, clock=settings.receiver_clock)
+    stats = pipe.stats
+    source = TcpSource(settings.receiver_host, settings.port, stop,
+                       read_timeout_s=settings.receiver_timeout_s)
+    stats.source = source
+    next_status = time.monotonic() + STATUS_INTERVAL_S
+    previous = stats.as_dict()
+    try:
+        for chunk in source.chunks():
+            if chunk is None:
+                pipe.new_connection()
+            else:
+                pipe.process(chunk, time.time())
+            now = time.monotonic()
+            if now >= next_status:
+                log.info("ingest: %s", status_line(stats, STATUS_INTERVAL_S + now - next_status,
+                                                   previous))
+                previous = stats.as_dict()
+                next_status = now + STATUS_INTERVAL_S
+    finally:
+        pipe.finish(time.time())
+        if own_writer:
+            writer.close()
+    log.info("ingest stopped: %s", _summary(stats))
+    return stats
+
+
+def command(settings: Settings, args) -> int:
+    """``adsb-pipeline ingest [FILE] [--live] [--format] [--start-time] [--no-progress]``."""
+    if bool(args.file) == bool(args.live):
+        log.error("ingest: give either a capture FILE or --live")
+        return 2
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %d: stopping ingest after flushing buffered rows", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    from pipeline.db import migrate
+    from pipeline.db.engine import make_engine
+
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    engine.dispose()
+    if args.live:
+        run_live(settings, stop)
+        return 0
+    path = Path(args.file)
+    if not path.is_file():
+        log.error("ingest: %s is not a file", path)
+        return 2
+    try:
+        ingest_file(settings, path, args.format, args.start_time,
+                    progress=not args.no_progress, stop=stop)
+    except ValueError as exc:
+        log.error("ingest: %s", exc)
+        return 2
+    return 0
