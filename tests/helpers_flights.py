@@ -119,3 +119,58 @@ def labels_of(tracks: list[Track]) -> dict[str, int]:
     for tr in tracks:
         out[tr.icao24] = max(out.get(tr.icao24, 0), tr.label)
     return out
+
+
+# ---- a small trained database for model tests --------------------------------------------------
+SIM_START = dt.datetime(2021, 10, 7, 12, 0, 1, tzinfo=dt.timezone.utc)
+
+
+def sim_database(databases, n_normal: int = 80, n_anomalies: int = 6, seed: int = 5):
+    """URL of a fresh database holding simulated finished flights, and their tracks."""
+    from pipeline import simulate
+
+    url = databases.create()
+    tracks = sim_tracks(simulate.generate(n_normal, n_anomalies, seed=seed,
+                                          anomaly_kinds=simulate.PATTERN_KINDS), SIM_START)
+    engine = sa.create_engine(url)
+    insert_tracks(engine, tracks)
+    engine.dispose()
+    return url, tracks
+
+
+def copy_database(databases, template_url: str) -> str:
+    """A fresh copy of a database (PostgreSQL template copy: cheap, no retraining)."""
+    import uuid
+
+    import psycopg2
+
+    name = f"adsb_test_{uuid.uuid4().hex[:12]}"
+    src = sa.engine.make_url(template_url).database
+    conn = psycopg2.connect(databases.admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{src}"')
+    conn.close()
+    databases.created.append(name)
+    return databases.url_for(name)
+
+
+def model_settings(url: str, data_dir: Path, **changes):
+    from pipeline import config
+
+    values = {"database_url": url, "data_dir": str(data_dir), "train_min_flights": 20,
+              "train_budget_s": 120, "receiver_lat": 48.88, "receiver_lon": 2.42,
+              "range_km": 121.0}
+    values.update(changes)
+    return config.load({}, values)
+
+
+def tiny_arch():
+    from pipeline.model.autoencoder import Architecture
+
+    return Architecture(filters=(8, 8, 16), bottleneck=8)
+
+
+def flight_images(conn) -> np.ndarray:
+    blobs = conn.execute(sa.text("SELECT image FROM flights ORDER BY id")).scalars().all()
+    return np.stack([raster.decode_png(bytes(b)) for b in blobs])
