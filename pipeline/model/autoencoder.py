@@ -1,0 +1,67 @@
+"""Builders of the convolutional autoencoder for the 64x64x2 track images.
+
+The encoder and the decoder are built once and the autoencoder is ``decoder(encoder(x))`` of
+those very instances, so that the three always share weights (building a second encoder later
+would give fresh random weights and silently different outputs).
+
+The decoder ends in *logits*: the loss and the per-flight error work on logits (numerically
+stable), probabilities are ``sigmoid(logits)`` only where a picture is wanted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+from keras import layers
+
+from pipeline.flights.raster import SIZE
+
+CHANNELS = 2
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Capacity of the model. Small on purpose: a few hundred to a few thousand images a week,
+    and a wide bottleneck learns the anomalies of the training window as well (see docs)."""
+
+    filters: tuple[int, int, int] = (16, 32, 64)
+    bottleneck: int = 32
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Architecture":
+        return cls(filters=tuple(data["filters"]), bottleneck=int(data["bottleneck"]))
+
+
+def build(arch: Architecture = Architecture()) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(encoder, decoder, autoencoder); the autoencoder is decoder(encoder(x)) of these two."""
+    f1, f2, f3 = arch.filters
+    inner = SIZE // 8                                        # three stride-2 steps: 64 -> 8
+
+    x_in = keras.Input((SIZE, SIZE, CHANNELS), name="image")
+    h = layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu")(x_in)
+    h = layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu")(h)
+    h = layers.Conv2D(f3, 3, strides=2, padding="same", activation="relu")(h)
+    h = layers.Flatten()(h)
+    code = layers.Dense(arch.bottleneck, name="code")(h)
+    encoder = keras.Model(x_in, code, name="encoder")
+
+    z_in = keras.Input((arch.bottleneck,), name="code_in")
+    h = layers.Dense(inner * inner * f3, activation="relu")(z_in)
+    h = layers.Reshape((inner, inner, f3))(h)
+    h = layers.Conv2DTranspose(f2, 3, strides=2, padding="same", activation="relu")(h)
+    h = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu")(h)
+    logits = layers.Conv2DTranspose(CHANNELS, 3, strides=2, padding="same", name="logits")(h)
+    decoder = keras.Model(z_in, logits, name="decoder")
+
+    x = keras.Input((SIZE, SIZE, CHANNELS), name="image")
+    autoencoder = keras.Model(x, decoder(encoder(x)), name="autoencoder")
+    return encoder, decoder, autoencoder
+
+
+def parts(autoencoder: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """The encoder and decoder instances inside a (loaded) autoencoder."""
+    return autoencoder.get_layer("encoder"), autoencoder.get_layer("decoder")

@@ -1,0 +1,194 @@
+"""The scorer job: every finished flight not yet scored by the active model gets its score.
+
+score = the per-flight reconstruction error of :mod:`pipeline.model.errors` (max of the two
+channels' errors normalised against the training flights) -- the same measure the model's
+threshold was derived from; ``flagged`` is exactly ``score > threshold`` of that model.
+
+Which flights: never scored ones, plus, after a new model became active, those of the last
+``ADSB_RESCORE_DAYS`` of the data clock scored by an older model (so today's flags all come from
+one model); older flights keep the score of the model that was active then.
+
+Two workers may run this at once: each batch is claimed with ``FOR UPDATE SKIP LOCKED`` and
+marked with the model in the same transaction, so no flight is scored twice by one model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import sqlalchemy as sa
+from PIL import Image
+
+from pipeline.config import Settings
+from pipeline.flights.clock import data_clock
+from pipeline.flights.raster import decode_png
+from pipeline.model import registry
+
+log = logging.getLogger(__name__)
+
+BATCH = 2048
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class Scorer:
+    model: registry.ModelRow
+    normaliser: object
+    forward: Callable
+
+
+_cache: dict[tuple[int, str | None], Scorer] = {}
+
+
+def scorer_for(row: registry.ModelRow) -> Scorer:
+    """Load (once per process) the model of ``row`` and its compiled forward pass."""
+    key = (row.id, row.sha256)
+    if key not in _cache:
+        from pipeline.model import errors
+
+        model = registry.load_model(row)
+        _cache.clear()                       # one model in memory at a time
+        _cache[key] = Scorer(row, errors.Normaliser.from_json(row.params["normaliser"]),
+                             errors.forward(model, row.params.get("loss", errors.DEFAULT_LOSS),
+                                            row.params.get("pos_weight", errors.POS_WEIGHT)))
+    return _cache[key]
+
+
+def reconstruction_png(probs: np.ndarray) -> bytes:
+    """8-bit PNG (128x64, where | shape) of reconstruction probabilities, value round(p*255)."""
+    side = np.concatenate([probs[:, :, 0], probs[:, :, 1]], axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(np.clip(side, 0, 1) * 255).astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+_PENDING = sa.text("""
+    SELECT id, image FROM flights
+     WHERE state = 'finished' AND image IS NOT NULL
+       AND (model_id IS NULL
+            OR (model_id <> :model AND last_seen >= :since)
+            OR (:rescore AND last_seen >= :since AND scored_at < :started))
+     ORDER BY id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED""")
+
+_INSERT_SCORES = sa.text("""
+    INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged, where_score,
+                               shape_score, reconstruction, scored_at)
+    SELECT u.fid, :model, u.s, :threshold, u.fl, u.ws, u.ss, u.rec, now()
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:scores AS float8[]), CAST(:flags AS boolean[]),
+                  CAST(:ws AS float8[]), CAST(:ss AS float8[]), CAST(:recs AS bytea[]))
+           AS u(fid, s, fl, ws, ss, rec)
+    ON CONFLICT (flight_id, model_id) DO UPDATE
+       SET score = excluded.score, threshold = excluded.threshold, flagged = excluded.flagged,
+           where_score = excluded.where_score, shape_score = excluded.shape_score,
+           reconstruction = excluded.reconstruction, scored_at = excluded.scored_at""")
+
+_UPDATE_FLIGHTS = sa.text("""
+    UPDATE flights f
+       SET score = u.s, threshold = :threshold, flagged = u.fl, model_id = :model,
+           scored_at = now()
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:scores AS float8[]), CAST(:flags AS boolean[]))
+           AS u(fid, s, fl)
+     WHERE f.id = u.fid""")
+
+
+def _decode(rows) -> tuple[list[int], np.ndarray, list[int]]:
+    """Images of the rows; ids of rows whose stored image cannot be decoded (logged)."""
+    ids, images, bad = [], [], []
+    for fid, blob in rows:
+        try:
+            images.append(decode_png(bytes(blob)))
+            ids.append(fid)
+        except Exception as e:  # noqa: BLE001 - a bad image must not stop the others
+            log.error("flight %s: stored image cannot be decoded (%s); not scored", fid, e)
+            bad.append(fid)
+    arr = np.stack(images) if images else np.zeros((0, 64, 64, 2), np.uint8)
+    return ids, arr, bad
+
+
+def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndarray,
+                 bad: list[int]) -> None:
+    import tensorflow as tf
+
+    row = s.model
+    if ids:
+        errs, probs = s.forward(tf.convert_to_tensor(images, tf.float32))
+        ch = s.normaliser.channels(errs.numpy())
+        scores = ch.max(axis=1)
+        flags = scores > row.threshold
+        probs = probs.numpy()
+        recs = [reconstruction_png(probs[i]) if flags[i] else None for i in range(len(ids))]
+        params = {"model": row.id, "threshold": row.threshold, "ids": ids,
+                  "scores": scores.tolist(), "flags": flags.tolist()}
+        conn.execute(_INSERT_SCORES, {**params, "ws": ch[:, 0].tolist(), "ss": ch[:, 1].tolist(),
+                                      "recs": recs})
+        conn.execute(_UPDATE_FLIGHTS, params)
+    if bad:
+        # Marked as seen by this model (score unknown) so they are not retried every minute.
+        conn.execute(sa.text("""UPDATE flights SET score = NULL, flagged = NULL, model_id = :m,
+                                threshold = :t, scored_at = now() WHERE id = ANY(:ids)"""),
+                     {"m": row.id, "t": row.threshold, "ids": bad})
+
+
+def _usable_active(engine: sa.Engine) -> Scorer | None:
+    """The active model's scorer; a model whose file is unusable is marked failed and the
+    newest retired model that still loads takes over (scoring goes on)."""
+    for _ in range(3):
+        with engine.connect() as conn:
+            row = registry.active(conn)
+        if row is None:
+            log.info("no active model yet: nothing scored (train one: adsb-pipeline train)")
+            return None
+        try:
+            return scorer_for(row)
+        except registry.ModelFileError as e:
+            registry.mark_failed(engine, row.id, str(e))
+            if not registry.reactivate_previous(engine, failed=row):
+                return None
+    return None
+
+
+def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = False,
+                  batch: int = BATCH) -> int:
+    """Score every pending flight with the active model; returns the number of flights scored."""
+    s = _usable_active(engine)
+    if s is None:
+        return 0
+    with engine.connect() as conn:
+        since = data_clock(conn) - dt.timedelta(days=settings.rescore_days)
+        started = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+    total, bad_total, t0, last_log = 0, 0, time.monotonic(), time.monotonic()
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(_PENDING, {"model": s.model.id, "since": since, "limit": batch,
+                                           "rescore": rescore, "started": started}).all()
+            if not rows:
+                break
+            ids, images, bad = _decode(rows)
+            _score_batch(conn, s, ids, images, bad)
+        total += len(ids)
+        bad_total += len(bad)
+        if time.monotonic() - last_log > PROGRESS_EVERY_S:
+            last_log = time.monotonic()
+            log.info("scored %d flights (%.0f/s)", total, total / (last_log - t0))
+    if total or bad_total:
+        log.info("scored %d flights with model %s in %.1f s%s", total, s.model.version,
+                 time.monotonic() - t0, f"; {bad_total} undecodable images" if bad_total else "")
+    return total
+
+
+def command(settings: Settings, args) -> int:
+    """``adsb-pipeline score [--rescore]``."""
+    from pipeline.db.engine import make_engine
+
+    engine = make_engine(settings)
+    n = score_pending(engine, settings, rescore=args.rescore)
+    print(f"{n} flights scored")
+    return 0

@@ -1,0 +1,57 @@
+"""Evaluation: ranking metrics equal scikit-learn's; the command prints one table and a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import helpers_flights as hf
+from pipeline import evaluate
+from pipeline.model import train
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y = (rng.random(300) < 0.05).astype(int)
+        s = rng.normal(size=300) + 1.5 * y
+        s[:20] = np.round(s[:20])                       # ties
+        assert evaluate.roc_auc(s, y) == pytest.approx(roc_auc_score(y, s))
+        untied = s + np.arange(300) * 1e-9
+        assert evaluate.average_precision(untied, y) == pytest.approx(
+            average_precision_score(y, untied))
+    y = np.array([0, 1, 0, 1, 0])
+    assert evaluate.precision_at_k(np.array([0.1, 0.9, 0.2, 0.8, 0.95]), y) == 0.5
+
+
+def test_pca_error_is_zero_on_the_fitted_subspace():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 20))
+    assert evaluate.pca_errors(x, components=3).max() < 1e-20
+
+
+@pytest.mark.slow
+def test_evaluate_command_prints_table_and_writes_csv(databases, tmp_path, capsys):
+    url, tracks = hf.sim_database(databases, n_normal=100, n_anomalies=5)
+    settings = hf.model_settings(url, tmp_path / "data")
+    engine = sa.create_engine(url)
+    r = train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=60)
+    engine.dispose()
+    assert r.status == "active"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("icao24,label\n" + "".join(
+        f"{t.icao24},{t.label}\n" for t in tracks))
+    out = tmp_path / "scores.csv"
+    args = argparse.Namespace(labels=str(labels), out=str(out))
+    assert evaluate.command(settings, args) == 0
+    text = capsys.readouterr().out
+    assert "105 flights, 5 anomalous" in text
+    for name in ("model_where", "model_shape", "pca_both", "tortuosity", "turning_deg"):
+        assert name in text
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 105 and sum(int(r["label"]) for r in rows) == 5

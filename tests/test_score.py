@@ -1,0 +1,122 @@
+"""Scorer: flags = score > threshold, history, reconstructions, rescoring, failures, exclusions."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+import helpers_flights as hf
+from pipeline.model import score, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(databases, tmp_path_factory):
+    """A database with simulated flights and an active model; each test works on a copy."""
+    url, tracks = hf.sim_database(databases, n_normal=100, n_anomalies=5)
+    data_dir = tmp_path_factory.mktemp("models")
+    settings = hf.model_settings(url, data_dir)
+    engine = sa.create_engine(url)
+    result = train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=60)
+    engine.dispose()
+    assert result.status == "active", result.reason
+    return url, data_dir, result
+
+
+@pytest.fixture
+def copy(databases, trained):
+    url = hf.copy_database(databases, trained[0])
+    engine = sa.create_engine(url)
+    yield engine, hf.model_settings(url, trained[1]), trained[2]
+    engine.dispose()
+
+
+def _q(engine, sql, **kw):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), kw).all()
+
+
+def test_scores_every_flight_once_and_flags_are_score_above_threshold(copy):
+    engine, settings, result = copy
+    assert score.score_pending(engine, settings) == 105
+    assert score.score_pending(engine, settings) == 0
+    rows = _q(engine, "SELECT score, threshold, flagged, model_id FROM flights")
+    assert all(r.flagged == (r.score > r.threshold) and r.model_id == result.model_id for r in rows)
+    assert _q(engine, "SELECT count(*) FROM flights WHERE flagged <> (score > threshold)")[0][0] == 0
+    hist = _q(engine, "SELECT flagged, score, where_score, shape_score, reconstruction "
+                      "FROM flight_scores")
+    assert len(hist) == 105
+    for h in hist:
+        assert h.score == pytest.approx(max(h.where_score, h.shape_score))
+        assert (h.reconstruction is not None) == h.flagged
+    png = next(h.reconstruction for h in hist if h.flagged)
+    img = Image.open(io.BytesIO(bytes(png)))
+    assert img.mode == "L" and img.size == (128, 64)
+
+
+def test_flight_excluded_from_training_is_still_scored_and_flagged(copy):
+    engine, settings, result = copy
+    score.score_pending(engine, settings)
+    excluded = _q(engine, "SELECT excluded FROM models WHERE id = :i", i=result.model_id)[0][0]
+    trimmed = excluded["trimmed"]["flights"]
+    rows = _q(engine, "SELECT id, flagged FROM flights WHERE id = ANY(:ids)", ids=trimmed)
+    assert len(rows) == len(trimmed) and all(r.flagged is not None for r in rows)
+    assert any(r.flagged for r in rows)
+
+
+def test_no_active_model_scores_nothing(copy, caplog):
+    engine, settings, _ = copy
+    caplog.set_level("INFO", logger="pipeline.model.score")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE models SET status = 'retired'"))
+    assert score.score_pending(engine, settings) == 0
+    assert "no active model" in caplog.text
+
+
+def test_corrupt_model_file_is_recorded_and_scoring_waits(copy, caplog, tmp_path):
+    engine, settings, result = copy
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"not a model")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE models SET path = :p, sha256 = NULL"), {"p": str(bad)})
+    score._cache.clear()
+    assert score.score_pending(engine, settings) == 0
+    status, reason = _q(engine, "SELECT status, reason FROM models WHERE id = :i",
+                        i=result.model_id)[0]
+    assert status == "failed" and "cannot load" in reason
+
+
+def test_new_active_model_rescores_recent_flights_only(copy):
+    engine, settings, result = copy
+    score.score_pending(engine, settings)
+    # A second model becomes active (same file: what matters is which flights are re-scored).
+    with engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO models (version, status, threshold, params, path, sha256)
+            SELECT version || '-b', 'candidate', threshold, params, path, sha256 FROM models"""))
+        conn.execute(sa.text("UPDATE models SET status = 'retired' WHERE status = 'active'"))
+        conn.execute(sa.text("UPDATE models SET status = 'active' WHERE version LIKE '%-b'"))
+        clock_recent = conn.execute(sa.text(
+            "SELECT count(*) FROM flights WHERE last_seen >= (SELECT max(time) FROM positions) "
+            "- interval '1 hour'")).scalar_one()
+    n = score.score_pending(engine, settings.replace(rescore_days=1 / 24))
+    assert 0 < n == clock_recent < 105
+
+
+def test_two_workers_never_score_a_flight_twice(copy):
+    engine, settings, _ = copy
+    counts = []
+    workers = [threading.Thread(target=lambda: counts.append(
+        score.score_pending(engine, settings, batch=8))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sum(counts) == 105
+    assert _q(engine, "SELECT count(*) FROM flight_scores")[0][0] == 105
