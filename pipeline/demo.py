@@ -80,6 +80,11 @@ def _wait_for_ingest(engine: sa.Engine, until: float, stop: threading.Event) -> 
     return last
 
 
+def _minutes(duration) -> float:
+    seconds = duration.total_seconds() if isinstance(duration, dt.timedelta) else float(duration)
+    return seconds / 60
+
+
 def _print_flags(engine: sa.Engine) -> int:
     with engine.connect() as c:
         rows = c.execute(sa.text(
@@ -91,7 +96,7 @@ def _print_flags(engine: sa.Engine) -> int:
           f"{'minutes':>7}  {'score':>8}  {'threshold':>9}")
     for r in rows:
         print(f"{r.flight_id:>7}  {r.icao24:6}  {(r.callsign or ''):8}  "
-              f"{r.first_seen:%Y-%m-%d %H:%M:%S}  {r.duration / 60:7.1f}  {r.score:8.4f}  "
+              f"{r.first_seen:%Y-%m-%d %H:%M:%S}  {_minutes(r.duration):7.1f}  {r.score:8.4f}  "
               f"{r.threshold:9.4f}")
     return len(rows)
 

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pipeline.config import Settings
 from pipeline.receiver.avr import AvrParser
@@ -265,12 +265,22 @@ def _summary(stats: IngestStats) -> str:
                      for k, v in stats.as_dict().items())
 
 
-def run_live(settings: Settings, stop: threading.Event, writer=None) -> IngestStats:
-    """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush."""
+def run_live(settings: Settings, stop: threading.Event, writer=None, *,
+             start_time: float | None = None,
+             on_start: Callable[[IngestStats], None] | None = None) -> IngestStats:
+    """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush.
+
+    ``start_time`` (Unix seconds) stamps messages with the receiver's 12 MHz counter anchored
+    there instead of the receive time (a simulated receiver serving a past day faster than real
+    time); ``on_start`` receives the stats object as soon as it exists (metrics, health)."""
     own_writer = writer is None
     writer = writer or _make_writer(settings)
-    pipe = _Pipeline(settings, settings.receiver_format, writer, clock=settings.receiver_clock)
+    clock = "counter" if start_time is not None else settings.receiver_clock
+    pipe = _Pipeline(settings, settings.receiver_format, writer, clock=clock,
+                     start_time=start_time)
     stats = pipe.stats
+    if on_start is not None:
+        on_start(stats)
     source = TcpSource(settings.receiver_host, settings.port, stop,
                        read_timeout_s=settings.receiver_timeout_s)
     stats.source = source
