@@ -30,7 +30,7 @@ class IngestCollector:
         stats = self._source()
         if stats is None:
             return
-        values = stats.snapshot() if hasattr(stats, "snapshot") else vars(stats)
+        values = stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)
         for name, value in sorted(values.items()):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
