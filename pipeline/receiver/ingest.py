@@ -115,8 +115,8 @@ class _Pipeline:
     """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
 
     def __init__(self, settings: Settings, fmt: str, writer, *, clock: str,
-                 start_time: float | None = None) -> None:
-        self.stats = IngestStats(fmt)
+                 start_time: float | None = None, stats: IngestStats | None = None) -> None:
+        self.stats = stats if stats is not None else IngestStats(fmt)
         self.fmt = fmt
         self.clock_mode = clock                  # "wall", "counter" (anchor at first frame)
         self.clock = CounterClock(start_time) if start_time is not None else None
@@ -265,11 +265,14 @@ def _summary(stats: IngestStats) -> str:
                      for k, v in stats.as_dict().items())
 
 
-def run_live(settings: Settings, stop: threading.Event, writer=None) -> IngestStats:
-    """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush."""
+def run_live(settings: Settings, stop: threading.Event, writer=None,
+             stats: IngestStats | None = None) -> IngestStats:
+    """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush.
+    Pass ``stats=IngestStats(settings.receiver_format)`` to read the counters while it runs."""
     own_writer = writer is None
     writer = writer or _make_writer(settings)
-    pipe = _Pipeline(settings, settings.receiver_format, writer, clock=settings.receiver_clock)
+    pipe = _Pipeline(settings, settings.receiver_format, writer, clock=settings.receiver_clock,
+                     stats=stats)
     stats = pipe.stats
     source = TcpSource(settings.receiver_host, settings.port, stop,
                        read_timeout_s=settings.receiver_timeout_s)
