@@ -31,6 +31,10 @@ _POSITION_BDS = ("0,5", "0,6")
 _NULL = "\\N"          # COPY text NULL
 
 
+# Called directly rather than through super(): this runs once per message.
+_base_handle_cpr_pair = PipeDecoder._handle_cpr_pair
+
+
 class _CrcGatedPipeDecoder(PipeDecoder):
     """``PipeDecoder`` that keeps CRC-failed DF17/18 frames out of CPR pairing.
 
@@ -49,7 +53,7 @@ class _CrcGatedPipeDecoder(PipeDecoder):
     def _handle_cpr_pair(self, result, icao, timestamp):  # noqa: ANN001 (pyModeS signature)
         if result.get("crc_valid") is False:
             return True        # "handled": no pairing, no local decoding for this frame
-        return super()._handle_cpr_pair(result, icao, timestamp)
+        return _base_handle_cpr_pair(self, result, icao, timestamp)
 
     def _bootstrap_accumulate(self, results, icao, lat, lon, timestamp):  # noqa: ANN001
         # The first dict is the frame being decoded, the newer half that owns the position.

@@ -115,8 +115,8 @@ class _Pipeline:
     """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
 
     def __init__(self, settings: Settings, fmt: str, writer, *, clock: str,
-                 start_time: float | None = None) -> None:
-        self.stats = IngestStats(fmt)
+                 start_time: float | None = None, stats: IngestStats | None = None) -> None:
+        self.stats = stats if stats is not None else IngestStats(fmt)
         self.fmt = fmt
         self.clock_mode = clock                  # "wall", "counter" (anchor at first frame)
         self.clock = CounterClock(start_time) if start_time is not None else None
@@ -265,19 +265,20 @@ def _summary(stats: IngestStats) -> str:
                      for k, v in stats.as_dict().items())
 
 
-def run_live(settings: Settings, stop: threading.Event, writer=None, *,
-             start_time: float | None = None,
+def run_live(settings: Settings, stop: threading.Event, writer=None,
+             stats: IngestStats | None = None, *, start_time: float | None = None,
              on_start: Callable[[IngestStats], None] | None = None) -> IngestStats:
     """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush.
 
-    ``start_time`` (Unix seconds) stamps messages with the receiver's 12 MHz counter anchored
-    there instead of the receive time (a simulated receiver serving a past day faster than real
-    time); ``on_start`` receives the stats object as soon as it exists (metrics, health)."""
+    Pass ``stats=IngestStats(settings.receiver_format)`` (or ``on_start``, which receives the
+    stats object as soon as it exists) to read the counters while it runs. ``start_time`` (Unix
+    seconds) stamps messages with the receiver's 12 MHz counter anchored there instead of the
+    receive time (a simulated receiver serving a past day faster than real time)."""
     own_writer = writer is None
     writer = writer or _make_writer(settings)
     clock = "counter" if start_time is not None else settings.receiver_clock
     pipe = _Pipeline(settings, settings.receiver_format, writer, clock=clock,
-                     start_time=start_time)
+                     start_time=start_time, stats=stats)
     stats = pipe.stats
     if on_start is not None:
         on_start(stats)

@@ -113,6 +113,22 @@ class TcpSource:
             last_byte = time.monotonic()
             self.backoff.reset()
             yield data
+        # Stopping: what the receiver already sent may still sit in the kernel's socket buffer
+        # (megabytes on a fast link). Read it before closing, so no frame that reached this
+        # machine is dropped; bounded in time in case the peer keeps sending.
+        yield from self._drain(sock)
+
+    def _drain(self, sock: socket.socket, budget_s: float = 2.0) -> Iterator[bytes]:
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(READ_SIZE)
+            except OSError:          # timeout (nothing left) or the peer went away
+                return
+            if not data:
+                return
+            yield data
 
     def _wait(self, why: str) -> None:
         delay = self.backoff.next_delay()

@@ -1,0 +1,153 @@
+"""Ingest throughput on the Paris Beast capture, on one core.
+
+Prints framing-only, pyModeS-only (PipeDecoder on the same frames, same timestamps) and
+end-to-end (file -> committed rows in PostgreSQL) messages per second, the ratio end-to-end /
+pyModeS-only (target >= 0.85) and the peak RSS of the end-to-end run (target <= 250 MB).
+
+    python bench/ingest.py [--db postgresql://postgres@127.0.0.1:5432/postgres] [--bytes N]
+
+A throw-away database is created on the given server and dropped afterwards. Each figure is
+the best of ``--repeat`` runs, so that noise from other processes on the machine counts less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARIS = ROOT.parent / "shared" / "data" / "paris_2021-10-07.beast"
+START = 1633608001.0
+
+
+def _pin_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
+def framing(data: bytes) -> tuple[int, float]:
+    from pipeline.receiver.beast import BeastParser, CounterClock
+
+    parser, clock = BeastParser(), CounterClock(START)
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(0, len(data), 65536):
+        frames = parser.feed(data[i:i + 65536])
+        seconds = clock.seconds
+        n += len([(seconds(c), m) for c, m in frames])
+    return n, time.perf_counter() - t0
+
+
+def pymodes_only(data: bytes) -> tuple[int, float]:
+    from pyModeS import PipeDecoder
+
+    from pipeline.receiver.beast import BeastParser
+
+    items = [(START + c / 12e6, m.hex()) for c, m in BeastParser().feed(data)]
+    pipe = PipeDecoder()
+    decode = pipe.decode
+    t0 = time.perf_counter()
+    for t, hexmsg in items:
+        decode(hexmsg, timestamp=t)
+    pipe.flush()
+    return len(items), time.perf_counter() - t0
+
+
+def end_to_end(path: Path, db_url: str) -> dict:
+    """Runs in a child process so that its peak RSS is its own."""
+    code = f"""
+import json, resource, sys, time, logging
+from pipeline import config
+from pipeline.receiver.ingest import ingest_file
+sys.path.insert(0, {str(ROOT / 'bench')!r})
+from ingest import _pin_one_core
+_pin_one_core()
+settings = config.load({{}}, {{"database_url": {db_url!r}, "data_dir": "/tmp/adsb-bench",
+    "receiver_lat": 48.88, "receiver_lon": 2.42, "range_km": 121.0}})
+t0 = time.perf_counter()
+stats = ingest_file(settings, {str(path)!r}, "beast", {START!r}, progress=False)
+seconds = time.perf_counter() - t0
+print(json.dumps({{"messages": stats.messages, "rows": stats.rows_written, "seconds": seconds,
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _database(admin_url: str):
+    import psycopg2
+    import sqlalchemy as sa
+
+    from pipeline.db import migrate
+
+    name = f"adsb_bench_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(admin_url).set(database=name, drivername="postgresql+psycopg2")
+    url_text = url.render_as_string(hide_password=False)
+    engine = sa.create_engine(url_text)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return conn, name, url_text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="admin URL of a PostgreSQL server (a scratch database is created)")
+    ap.add_argument("--bytes", type=int, default=0, help="use only the first N bytes")
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    if not PARIS.exists():
+        print(f"missing {PARIS}", file=sys.stderr)
+        return 2
+    _pin_one_core()
+    data = PARIS.read_bytes()
+    if args.bytes:
+        data = data[:args.bytes]
+    path = Path("/tmp/adsb-bench-input.beast")
+    path.write_bytes(data)
+
+    n, best = 0, float("inf")
+    for _ in range(args.repeat):
+        n, s = framing(data)
+        best = min(best, s)
+    framing_rate = n / best
+    n, best = 0, float("inf")
+    for _ in range(args.repeat):
+        n, s = pymodes_only(data)
+        best = min(best, s)
+    pymodes_rate = n / best
+
+    results = []
+    for _ in range(args.repeat):
+        admin, name, url = _database(args.db)
+        try:
+            results.append(end_to_end(path, url))
+        finally:
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+    e2e = min(results, key=lambda r: r["seconds"])
+    e2e_rate = e2e["messages"] / e2e["seconds"]
+
+    print(f"frames                     {n:>10,}")
+    print(f"framing only               {framing_rate:>10,.0f} msg/s")
+    print(f"pyModeS PipeDecoder only   {pymodes_rate:>10,.0f} msg/s")
+    print(f"end to end (committed)     {e2e_rate:>10,.0f} msg/s   ({e2e['rows']:,} rows, "
+          f"{e2e['seconds']:.1f} s)")
+    print(f"ratio end-to-end / pyModeS {e2e_rate / pymodes_rate:>10.2f}   (target >= 0.85)")
+    print(f"peak RSS of the ingest     {max(r['rss_mb'] for r in results):>10.0f} MB  "
+          f"(target <= 250 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Faults around the ingest: database unreachable, receiver refusing or going silent."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import sqlalchemy as sa
+
+from _ingest_support import stored_rows
+from conftest import PARIS_BEAST, PARIS_START, need
+from pipeline.db.writer import PositionWriter
+from pipeline.receiver.ingest import ingest_file
+from pipeline.receiver.sources import TcpSource
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_outage_spills_to_the_journal_and_replays(settings, db_url, tmp_path):
+    data = need(PARIS_BEAST).read_bytes()[:300_000]
+    path = tmp_path / "part.beast"
+    path.write_bytes(data)
+    journal = settings.data_dir / "journal"
+    dead = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_free_port()}/none",
+                            connect_args={"connect_timeout": 2})
+    writer = PositionWriter(dead, journal, batch_rows=500, buffer_max_rows=1000)
+    stats = ingest_file(settings, path, "beast", PARIS_START, progress=False, writer=writer)
+    writer.close(timeout_s=10)
+    assert stats.positions > 3000
+    assert writer.rows_written == 0 and writer.write_errors > 0
+    assert writer.rows_journaled == stats.positions      # nothing dropped
+    assert list(journal.glob("positions-*.copy"))
+
+    # The database answers again: the next writer loads the journal first.
+    good = sa.create_engine(db_url)
+    writer = PositionWriter(good, journal)
+    deadline = time.monotonic() + 30
+    while list(journal.glob("positions-*.copy")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    writer.close()
+    rows = stored_rows(db_url)
+    assert len(rows) == stats.positions
+    assert len({(r[1], r[0]) for r in rows}) == len(rows)
+    assert not list(journal.glob("positions-*.copy"))
+
+
+def test_receiver_refused_then_silent_then_serving():
+    port = _free_port()
+    stop = threading.Event()
+    source = TcpSource("127.0.0.1", port, stop, read_timeout_s=0.5, poll_s=0.1)
+    source.backoff.first_s = 0.05
+    got: list = []
+
+    def consume():
+        for chunk in source.chunks():
+            got.append(chunk)
+            if chunk:
+                stop.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    time.sleep(0.5)                                 # nothing listens: refused, backing off
+    assert got == [] and source.backoff.attempt >= 2
+    server = socket.create_server(("127.0.0.1", port))
+    silent, _ = server.accept()                     # half-open: accepted, never sends
+    talker, _ = server.accept()                     # after the read timeout it reconnects
+    talker.sendall(b"\x1a2" + b"\x00" * 14)
+    worker.join(10)
+    assert not worker.is_alive()
+    assert got[0] is None and got[1] is None and got[2].startswith(b"\x1a2")
+    assert source.reconnects == 1
+    for s in (silent, talker, server):
+        s.close()
