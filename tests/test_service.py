@@ -85,12 +85,12 @@ def test_run_keeps_every_position_sent_before_sigterm(databases, tmp_path):
         assert get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
         # Freeze the stream, note exactly what was sent, then signal.
         server.stop()
+        assert not server._thread.is_alive()
         sent = data[:server.bytes_sent]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out[-3000:]
-        print(out[-4000:])
         assert time.monotonic() - started < 10, "shutdown took longer than 10 s"
     finally:
         if proc.poll() is None:

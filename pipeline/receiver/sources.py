@@ -119,7 +119,8 @@ class TcpSource:
         yield from self._drain(sock)
 
     def _drain(self, sock: socket.socket, budget_s: float = 2.0) -> Iterator[bytes]:
-        sock.settimeout(0.05)
+        # A quarter-second pause means the peer has nothing more in flight.
+        sock.settimeout(0.25)
         deadline = time.monotonic() + budget_s
         while time.monotonic() < deadline:
             try:
