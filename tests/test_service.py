@@ -108,7 +108,8 @@ def test_run_keeps_every_position_sent_before_sigterm(databases, tmp_path):
     expected, stored = positions(replay_url), positions(live_url)
     assert sum(expected.values()) > 20_000
     missing = expected - stored
-    assert sum(missing.values()) == 0, f"{sum(missing.values())} positions lost, e.g. {list(missing)[:3]}"
+    assert sum(missing.values()) == 0, (f"{sum(missing.values())} positions lost, e.g. "
+                                        f"{list(missing)[:3]}; sent {len(sent)} bytes; {out[-1500:]}")
     assert sum((stored - expected).values()) == 0
 
 

@@ -119,13 +119,16 @@ class TcpSource:
         yield from self._drain(sock)
 
     def _drain(self, sock: socket.socket, budget_s: float = 2.0) -> Iterator[bytes]:
-        # A quarter-second pause means the peer has nothing more in flight.
-        sock.settimeout(0.25)
+        # Read until the peer closes or the budget is spent: a lull does not prove that
+        # nothing is in flight (a full receive window refills in bursts).
+        sock.settimeout(0.1)
         deadline = time.monotonic() + budget_s
         while time.monotonic() < deadline:
             try:
                 data = sock.recv(READ_SIZE)
-            except OSError:          # timeout (nothing left) or the peer went away
+            except socket.timeout:
+                continue
+            except OSError:          # the peer went away
                 return
             if not data:
                 return
