@@ -32,6 +32,16 @@ def _pin_one_core() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image. (ru_maxrss would report the parent's peak: Linux
+    carries it over the exec of a vfork'ed child.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def framing(data: bytes) -> tuple[int, float]:
     from pipeline.receiver.beast import BeastParser, CounterClock
 
@@ -63,11 +73,11 @@ def pymodes_only(data: bytes) -> tuple[int, float]:
 def end_to_end(path: Path, db_url: str) -> dict:
     """Runs in a child process so that its peak RSS is its own."""
     code = f"""
-import json, resource, sys, time, logging
+import json, sys, time
 from pipeline import config
 from pipeline.receiver.ingest import ingest_file
 sys.path.insert(0, {str(ROOT / 'bench')!r})
-from ingest import _pin_one_core
+from ingest import _pin_one_core, peak_rss_mb
 _pin_one_core()
 settings = config.load({{}}, {{"database_url": {db_url!r}, "data_dir": "/tmp/adsb-bench",
     "receiver_lat": 48.88, "receiver_lon": 2.42, "range_km": 121.0}})
@@ -75,7 +85,7 @@ t0 = time.perf_counter()
 stats = ingest_file(settings, {str(path)!r}, "beast", {START!r}, progress=False)
 seconds = time.perf_counter() - t0
 print(json.dumps({{"messages": stats.messages, "rows": stats.rows_written, "seconds": seconds,
-    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    "rss_mb": peak_rss_mb()}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -7,39 +7,21 @@ same with a signal level. HEX is 4 (Mode A/C, skipped), 14 or 28 hex digits.
 
 from __future__ import annotations
 
-from pipeline.receiver.lines import LineSplitter
+from pipeline.receiver.lines import LineParser
 
 _MAX_LINE = 64
 _MSG_LEN = (7, 14)      # bytes
 
 
-class AvrParser:
+class AvrParser(LineParser):
     """Incremental AVR parser: feed byte chunks, get (counter or None, raw message) back."""
 
-    __slots__ = ("_lines", "frames", "modeac", "bad_lines")
+    __slots__ = ("modeac",)
+    max_line = _MAX_LINE
 
     def __init__(self) -> None:
-        self._lines = LineSplitter(_MAX_LINE)
-        self.frames = 0
+        super().__init__()
         self.modeac = 0
-        self.bad_lines = 0
-
-    @property
-    def garbage_bytes(self) -> int:
-        return self._lines.dropped_bytes
-
-    @property
-    def truncated(self) -> int:
-        return self._lines.overlong
-
-    def reset(self) -> None:
-        self._lines.reset()
-
-    def feed(self, data: bytes) -> list[tuple[int | None, bytes]]:
-        return self._parse(self._lines.feed(data))
-
-    def finish(self) -> list[tuple[int | None, bytes]]:
-        return self._parse(self._lines.finish())
 
     def _parse(self, lines: list[bytes]) -> list[tuple[int | None, bytes]]:
         out: list[tuple[int | None, bytes]] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LineSplitter:
     """Feed byte chunks, get complete lines (without the line break) back.
@@ -37,3 +39,36 @@ class LineSplitter:
         """The last line of a stream that does not end with a newline."""
         rest, self._rest = self._rest, b""
         return [rest] if rest.strip() else []
+
+
+class LineParser:
+    """Base of the line-oriented parsers (AVR, SBS): framing into lines and its counters;
+    subclasses turn lines into items in ``_parse``."""
+
+    __slots__ = ("_lines", "frames", "bad_lines")
+    max_line = 512
+
+    def __init__(self) -> None:
+        self._lines = LineSplitter(self.max_line)
+        self.frames = 0          # items returned
+        self.bad_lines = 0       # lines with missing or malformed fields
+
+    @property
+    def garbage_bytes(self) -> int:
+        return self._lines.dropped_bytes
+
+    @property
+    def truncated(self) -> int:
+        return self._lines.overlong
+
+    def reset(self) -> None:
+        self._lines.reset()
+
+    def feed(self, data: bytes) -> list[Any]:
+        return self._parse(self._lines.feed(data))
+
+    def finish(self) -> list[Any]:
+        return self._parse(self._lines.finish())
+
+    def _parse(self, lines: list[bytes]) -> list[Any]:
+        raise NotImplementedError

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipeline.receiver.lines import LineSplitter
+from pipeline.receiver.lines import LineParser
 
 _MAX_LINE = 512
 _ICAO = re.compile(r"^[0-9A-Fa-f]{6}$")
@@ -49,34 +49,16 @@ def _int(text: str) -> int | None:
     return None if value is None else int(round(value))
 
 
-class SbsParser:
+class SbsParser(LineParser):
     """Incremental SBS parser: feed byte chunks, get ``SbsRecord`` objects back."""
 
-    __slots__ = ("_lines", "_day_cache", "frames", "bad_lines", "ignored")
+    __slots__ = ("_day_cache", "ignored")
+    max_line = _MAX_LINE
 
     def __init__(self) -> None:
-        self._lines = LineSplitter(_MAX_LINE)
+        super().__init__()
         self._day_cache: dict[str, float] = {}
-        self.frames = 0          # MSG lines turned into records
-        self.bad_lines = 0       # lines with missing or malformed fields
         self.ignored = 0         # well-formed lines that carry nothing stored (MSG,5-8, AIR, ...)
-
-    @property
-    def garbage_bytes(self) -> int:
-        return self._lines.dropped_bytes
-
-    @property
-    def truncated(self) -> int:
-        return self._lines.overlong
-
-    def reset(self) -> None:
-        self._lines.reset()
-
-    def feed(self, data: bytes) -> list[SbsRecord]:
-        return self._parse(self._lines.feed(data))
-
-    def finish(self) -> list[SbsRecord]:
-        return self._parse(self._lines.finish())
 
     def _parse(self, lines: list[bytes]) -> list[SbsRecord]:
         out = []
