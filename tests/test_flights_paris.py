@@ -1,4 +1,4 @@
-"""Acceptance on real traffic: the Paris capture, then ``process --final``.
+"""Acceptance on real traffic: the Paris Beast capture replayed, then ``process --final``.
 
 Only :func:`load_positions` knows how positions get into the database; everything after it
 is what a user runs.
@@ -7,15 +7,17 @@ is what a user runs.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from collections import defaultdict
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
-from helpers_positions import load_paris, read_paris_airborne
+from conftest import PARIS_BEAST, PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, PARIS_START, need
+from helpers_positions import read_paris_airborne
 
-from pipeline import cli
+from pipeline import cli, config
+from pipeline.receiver.ingest import ingest_file
 from pipeline.flights import raster
 from pipeline.geo import to_local_km
 
@@ -28,7 +30,13 @@ SETTINGS = ["--receiver-lat", str(PARIS_LAT), "--receiver-lon", str(PARIS_LON),
 
 
 def load_positions(engine: sa.Engine, url: str) -> None:
-    load_paris(engine, need(PARIS_CSV))
+    """The real ingest path: the Paris Beast capture replayed with its start time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = config.load({}, {"database_url": url, "data_dir": tmp,
+                                    "receiver_lat": PARIS_LAT, "receiver_lon": PARIS_LON,
+                                    "range_km": PARIS_RANGE_KM})
+        stats = ingest_file(settings, need(PARIS_BEAST), start_time=PARIS_START, progress=False)
+    assert stats.rows_written > 220_000
 
 
 def expected_flights() -> list[tuple[str, float, float, int]]:
