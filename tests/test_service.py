@@ -70,7 +70,7 @@ def get(url: str) -> tuple[int, str]:
 def test_run_keeps_every_position_sent_before_sigterm(databases, tmp_path):
     data = need(PARIS_BEAST).read_bytes()
     live_url, replay_url = databases.create(), databases.create()
-    server = BeastServer(chunks(data, per_second=25), speed=1.0).start()
+    server = BeastServer(chunks(data, per_second=25), speed=1.0, chunk_frames=5).start()
     metrics_port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"],
                             env=service_env(live_url, tmp_path, server.port, metrics_port),

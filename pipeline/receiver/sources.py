@@ -118,15 +118,18 @@ class TcpSource:
         # machine is dropped; bounded in time in case the peer keeps sending.
         yield from self._drain(sock)
 
-    def _drain(self, sock: socket.socket, budget_s: float = 2.0) -> Iterator[bytes]:
-        # Read until the peer closes or the budget is spent: a lull does not prove that
-        # nothing is in flight (a full receive window refills in bursts).
+    def _drain(self, sock: socket.socket, lull_s: float = 1.0, cap_s: float = 6.0
+               ) -> Iterator[bytes]:
+        # Read until the peer closes, or it has sent nothing for ``lull_s`` of waiting (time
+        # spent decoding what was read does not count: a backlog is read to its end), or the
+        # service's shutdown budget is nearly spent.
         sock.settimeout(0.1)
-        deadline = time.monotonic() + budget_s
-        while time.monotonic() < deadline:
+        waited, cap = 0.0, time.monotonic() + cap_s
+        while waited < lull_s and time.monotonic() < cap:
             try:
                 data = sock.recv(READ_SIZE)
             except socket.timeout:
+                waited += 0.1
                 continue
             except OSError:          # the peer went away
                 return
