@@ -85,7 +85,27 @@ def test_flights_match_the_gap_rule_on_the_csv(paris):
                 or abs(match[0][1] - last) > TIME_TOLERANCE_S:
             off.append((icao, first, last, match))
     print(f"\nParis: {len(got)} flights stored, {len(want)} expected, {len(off)} with other times")
-    assert len(off) <= 0.01 * len(want), off[:5]
+    # A flight may start later or end earlier than in the CSV only where the CSV's positions
+    # could not be decoded (real glitches: e.g. altitude jumping to 35,000 ft on the runway,
+    # which pyModeS rejects): no stored position may lie in the part the flight lacks.
+    unexplained = []
+    with engine.connect() as conn:
+        for icao, first, last, match in off:
+            match = sorted(match)
+            # Split in two where undecodable positions left a silence longer than the gap.
+            if not match or any(nxt[0] - prev[1] <= GAP_S for prev, nxt in zip(match, match[1:])):
+                unexplained.append((icao, first, last, match))
+                continue
+            a, b = match[0][0], match[-1][1]
+            n = conn.execute(sa.text(
+                "SELECT count(*) FROM positions WHERE icao24 = :i AND NOT on_ground AND "
+                "((time >= to_timestamp(:f) AND time < to_timestamp(:a)) OR "
+                " (time > to_timestamp(:b) AND time <= to_timestamp(:l)))"),
+                {"i": icao, "f": float(first), "a": float(a), "b": float(b), "l": float(last)}).scalar()
+            if n:
+                unexplained.append((icao, first, last, match, n))
+    assert not unexplained, unexplained[:5]
+    assert len(off) <= 0.1 * len(want), off[:5]
 
 
 def test_every_position_falls_on_a_lit_pixel_in_both_channels(paris):
