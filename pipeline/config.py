@@ -79,8 +79,10 @@ class Settings:
     train_seed: int | None = _setting(None, "Fixed random seed for training (reproducible runs).")
     train_trim: float = _setting(0.1, "Fraction of highest-error flights dropped before the refit "
                                  "(robust to anomalies in the training window).", minimum=0, maximum=0.5)
-    flag_quantile: float = _setting(0.99, "Quantile of the training-flight score distribution used "
-                                    "as the flag threshold.", minimum=0.5, maximum=0.99999)
+    flag_mad_k: float = _setting(5.0, "Flag threshold: median + k x MAD of log(1 + score) over the "
+                                 "flights a model was fitted on; this is k.", minimum=1, maximum=50)
+    flag_quantile: float = _setting(0.99, "Floor of the flag threshold: this quantile of the "
+                                    "training flights' scores.", minimum=0.5, maximum=0.99999)
     rescore_days: float = _setting(1.0, "When a new model becomes active, re-score this many days.",
                                    minimum=0)
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")

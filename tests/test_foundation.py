@@ -120,3 +120,11 @@ def test_embedded_server_is_reused_and_stopped(tmp_path):
     conn.close()
     assert run_cli("db", "stop", env=env).returncode == 0
     assert not (tmp_path / "d" / "postgres" / "postmaster.pid").exists()
+
+
+def test_readme_documents_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [env for env, _, _ in config.describe() if f"`{env}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

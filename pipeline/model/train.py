@@ -200,12 +200,11 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
     errs_all = errors.errors_of(final.model, window.images, loss)
     _, probs_val = errors.errors_of(final.model, window.images[va], loss, with_probabilities=True)
     norm = errors.Normaliser.fit(errs_all[tr])
-    # The fit reconstructs its own training flights better than unseen ordinary ones (measured
-    # on the simulated day: 0.99-quantile 7.7 on training flights, 45 on the others), so a
-    # threshold from training flights alone flags ~10 % of ordinary traffic. The held-out
-    # validation flights (kept, never fitted) show the error of unseen ordinary flights.
+    # Threshold: an outlier rule over the flights of the final fit (training and validation,
+    # never the excluded ones), floored at the ADSB_FLAG_QUANTILE of its training flights.
+    fitted = np.concatenate([tr, va])
     thr = max(errors.threshold(norm.score(errs_all[tr]), settings.flag_quantile),
-              errors.threshold(norm.score(errs_all[va]), settings.flag_quantile))
+              errors.outlier_threshold(norm.score(errs_all[fitted]), settings.flag_mad_k))
     val_loss = float(errs_all[va].mean())
     (rw, pw), (rs, ps) = errors.lit_recall_precision(window.images[va], probs_val)
     lit = window.images[keep].reshape(int(keep.sum()), -1).sum(axis=1)
@@ -215,6 +214,7 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
         "loss": loss, "pos_weight": errors.POS_WEIGHT, "architecture": arch.to_json(),
         "normaliser": norm.to_json(), "seed": seed, "plain": plain, "trim": settings.train_trim,
         "val_fraction": VAL_FRACTION, "batch": BATCH, "flag_quantile": settings.flag_quantile,
+        "flag_mad_k": settings.flag_mad_k,
         "spearman_lit": rho, "n_params": int(final.model.count_params()),
         "fits": [{"epochs": f.epochs, "best_epoch": f.best_epoch, "seconds": round(f.seconds, 2),
                   "images_per_s": round(f.images_per_s, 1)} for f in fits],
@@ -228,9 +228,9 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
         epochs=sum(f.epochs for f in fits), seconds=time.monotonic() - t_start,
         val_loss=val_loss, recall_where=rw, precision_where=pw, recall_shape=rs,
         precision_shape=ps, threshold=thr,
-        threshold_method=f"quantile {settings.flag_quantile:g} of the max-of-normalised-channel "
-                         f"scores of the {len(va)} held-out validation flights of the final fit "
-                         f"(not below that of its {len(tr)} training flights)",
+        threshold_method=f"median + {settings.flag_mad_k:g} MAD of log(1 + score) over the "
+                         f"{len(fitted)} flights of the final fit (train + validation), not below "
+                         f"the {settings.flag_quantile:g} quantile of its {len(tr)} training flights",
         params=params, path=str(path), sha256=digest)
 
     active_loss = _loss_of_active(current, window.images[va], loss)
