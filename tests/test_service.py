@@ -43,6 +43,18 @@ def positions(url: str) -> Counter:
     return rows
 
 
+def replayed_positions(sent: bytes, url: str, tmp_path) -> Counter:
+    """Positions a file replay of exactly ``sent`` stores (the reference for live runs)."""
+    prefix = tmp_path / "sent.beast"
+    prefix.write_bytes(sent)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(prefix), "--no-progress",
+                        "--start-time", "2021-10-07T12:00:01Z"],
+                       env=service_env(url, tmp_path, 1, 0), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return positions(url)
+
+
 def service_env(db_url: str, tmp_path, port: int, metrics_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADSB_")}
     env.update({
@@ -98,14 +110,7 @@ def test_run_keeps_every_position_sent_before_sigterm(databases, tmp_path):
         server.stop()
 
     # What a replay of exactly those bytes stores is what the live service must have stored.
-    prefix = tmp_path / "sent.beast"
-    prefix.write_bytes(sent)
-    env = service_env(replay_url, tmp_path, 1, 0)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(prefix), "--no-progress",
-                        "--start-time", "2021-10-07T12:00:01Z"], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    expected, stored = positions(replay_url), positions(live_url)
+    expected, stored = replayed_positions(sent, replay_url, tmp_path), positions(live_url)
     assert sum(expected.values()) > 20_000
     missing = expected - stored
     assert sum(missing.values()) == 0, (f"{sum(missing.values())} positions lost, e.g. "

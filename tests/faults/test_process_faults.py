@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import PARIS_BEAST, need
-from test_service import chunks, positions, service_env
+from test_service import chunks, positions, replayed_positions, service_env
 
 from pipeline.beast_server import BeastServer
 
@@ -39,14 +39,7 @@ def test_sigkill_of_ingest_loses_at_most_the_unflushed_batch(databases, tmp_path
         if proc.poll() is None:
             proc.kill()
         server.stop()
-    prefix = tmp_path / "sent.beast"
-    prefix.write_bytes(sent)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(prefix), "--no-progress",
-                        "--start-time", "2021-10-07T12:00:01Z"],
-                       env=service_env(replay_url, tmp_path, 1, 0), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    expected, stored = positions(replay_url), positions(live_url)
+    expected, stored = replayed_positions(sent, replay_url, tmp_path), positions(live_url)
     lost = sum((expected - stored).values())
     print(f"\nSIGKILL mid-batch: {sum(expected.values())} positions sent, {lost} lost "
           f"(bound: one batch of {BATCH_ROWS} rows or one second of traffic)")
