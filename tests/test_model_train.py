@@ -58,7 +58,7 @@ def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(databases, 
     assert row.status == "active" and row.sha256 and row.path.endswith(".keras")
     assert row.n_train + row.n_val + row.n_excluded == 105
     assert row.excluded["trimmed"]["flights"] and row.n_excluded == len(row.excluded["trimmed"]["flights"])
-    assert row.recall_where > 0 and row.precision_shape > 0 and "quantile 0.99" in row.threshold_method
+    assert row.recall_where > 0 and row.precision_shape > 0 and "MAD" in row.threshold_method and "0.99 quantile" in row.threshold_method
     model = registry.load_model(registry.ModelRow(row.id, row.version, row.path, row.sha256,
                                                   row.threshold, row.params, row.status))
     encoder, decoder = autoencoder.parts(model)
@@ -107,3 +107,16 @@ def test_normaliser_threshold_and_spearman():
     assert errors.threshold(norm.score(errs), 0.99) == pytest.approx(
         np.quantile(ch.max(axis=1), 0.99))
     assert errors.spearman(np.arange(10), np.arange(10) ** 3) == pytest.approx(1.0)
+
+
+def test_outlier_threshold_separates_a_heavy_tail_and_ignores_the_outliers():
+    from pipeline.model import errors
+
+    rng = np.random.default_rng(0)
+    ordinary = np.expm1(rng.normal(0.6, 0.5, 500).clip(0))          # compact on the log scale
+    few = np.concatenate([ordinary, [300.0, 800.0, 2000.0]])
+    many = np.concatenate([ordinary, np.full(40, 500.0)])
+    t_few, t_many = errors.outlier_threshold(few, 5), errors.outlier_threshold(many, 5)
+    assert ordinary.max() < t_few < 300
+    # Eight percent outliers move median and MAD only a little: they stay flagged.
+    assert t_many < 500 and abs(np.log1p(t_many) - np.log1p(t_few)) < 0.5

@@ -9,11 +9,22 @@ from alembic import command
 from alembic.config import Config
 
 
-def alembic_config() -> Config:
-    import pipeline.migrations as migrations_pkg
+def migrations_dir() -> Path:
+    """The Alembic folder: shipped inside the installed package as ``pipeline.migrations``; in
+    a source checkout (``python -m pipeline.cli`` from the repository) it is ``migrations/``
+    beside the package."""
+    try:
+        import pipeline.migrations as migrations_pkg
+    except ModuleNotFoundError:
+        import pipeline
 
+        return Path(pipeline.__file__).resolve().parents[1] / "migrations"
+    return Path(migrations_pkg.__file__).parent
+
+
+def alembic_config() -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrations_pkg.__file__).parent))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
 
 
