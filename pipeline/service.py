@@ -61,7 +61,8 @@ class IngestHolder:
         if self.stats is None:
             return True, "ok: starting"
         now = time.monotonic()
-        db_ok = getattr(getattr(self.stats, "writer", None), "_db_ok", True)
+        writer = getattr(self.stats, "writer", None)
+        db_ok = writer.database_ok if writer is not None else True
         if self.connected() and db_ok:
             self._last_ok = now
             return True, "ok"

@@ -76,6 +76,11 @@ class PositionWriter:
         return self._pending
 
     @property
+    def database_ok(self) -> bool:
+        """False while the last write failed (rows are being buffered or journaled)."""
+        return self._db_ok
+
+    @property
     def write_lag_s(self) -> float:
         """Age of the oldest row not yet committed (0 when everything is written)."""
         oldest = self.oldest_pending
