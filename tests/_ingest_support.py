@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psycopg2
 
+from conftest import PARIS_START
 from pipeline.receiver.beast import BeastParser
+from pipeline.receiver.ingest import IngestStats, ingest_file
 
 ROW_SQL = ("SELECT extract(epoch FROM time)::float8, icao24, latitude, longitude, altitude, "
            "groundspeed, track, vertical_rate, callsign, on_ground FROM positions "
@@ -24,6 +26,14 @@ def stored_rows(db_url: str) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def ingest_bytes(settings, tmp_path: Path, data: bytes, fmt: str = "beast",
+                 name: str = "input.bin") -> IngestStats:
+    """Replay ``data`` as a capture file (Beast/AVR counters anchored at the Paris start)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return ingest_file(settings, path, fmt, PARIS_START, progress=False)
 
 
 def paris_frames(path: Path, max_bytes: int) -> list[tuple[int, bytes]]:

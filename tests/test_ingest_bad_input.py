@@ -7,18 +7,14 @@ import random
 import pyModeS.util
 import pytest
 
-from _ingest_support import airborne_csv, claim_errors, stored_rows
+from _ingest_support import airborne_csv, claim_errors, ingest_bytes, stored_rows
 from conftest import PARIS_BEAST, PARIS_CSV, PARIS_START, SAMPLE_BEAST, need
 from pipeline.receiver.beast import BeastParser, encode_frame
 from pipeline.receiver.ingest import ingest_file
 
 SUBSET_BYTES = 400_000
 
-
-def _ingest(settings, tmp_path, data: bytes, fmt: str = "beast", name: str = "input.bin"):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return ingest_file(settings, path, fmt, PARIS_START, progress=False)
+_ingest = ingest_bytes
 
 
 def test_random_bytes(settings, db_url, tmp_path):

@@ -72,13 +72,18 @@ class DecodeCounters:
     crc_failures: int = 0        # DF17/18 frames whose CRC failed (dropped)
     positions: int = 0           # position rows accepted
     rejected_range: int = 0      # farther than 1.5 x range from the receiver
-    rejected_speed: int = 0      # impossible speed from the aircraft's previous stored position
+    rejected_speed: int = 0      # impossible speed (PipeDecoder's motion check, or ours from
+                                 # the aircraft's previous stored position)
+    rejected_altitude: int = 0   # altitude jump PipeDecoder refused (a spike: no position)
+    out_of_order: int = 0        # position frame older than the aircraft's previous frame
+    duplicates: int = 0          # same aircraft, time and position as the last stored row
     held_dropped: int = 0        # positions PipeDecoder held back and never confirmed
     aircraft: set[str] = field(default_factory=set)   # aircraft with a stored position
 
     @property
     def rejected(self) -> int:
-        return self.rejected_range + self.rejected_speed
+        return (self.rejected_range + self.rejected_speed + self.rejected_altitude
+                + self.out_of_order + self.duplicates)
 
 
 class _Aircraft:
@@ -148,6 +153,7 @@ class PositionDecoder:
         self._max_km = 1.5 * range_km
         self._aircraft: dict[str, _Aircraft] = {}
         self._next_sweep = -math.inf
+        self._motion_rejected = 0
 
     # -- raw frames ---------------------------------------------------------------------------
     def feed(self, frames: list[tuple[float, bytes]]) -> None:
@@ -169,18 +175,28 @@ class PositionDecoder:
             ac = aircraft.get(icao)
             if ac is None:
                 ac = aircraft[icao] = _Aircraft(icao, t)
-            ac.seen = t
+            previous, ac.seen = ac.seen, t
             bds = r.get("bds")
             if bds in _POSITION_BDS:
                 lat = r.get("latitude")
                 if lat is not None:
-                    self._accept(ac, t, lat, r["longitude"], r.get("altitude"), ac.extra,
-                                 bds == "0,6")
+                    if t < previous:
+                        # Older than this aircraft's previous frame: PipeDecoder gives it the
+                        # position of the newer half of its CPR pair, not where it was then.
+                        counters.out_of_order += 1
+                    else:
+                        self._accept(ac, t, lat, r["longitude"], r.get("altitude"), ac.extra,
+                                     bds == "0,6")
+                elif r.get("altitude_mismatch"):
+                    counters.rejected_altitude += 1
                 if held:
                     for d in held:
                         # Held and confirmed within this same call: already accepted above.
                         if d is not r or lat is None:
-                            ac.held.append((d, t, ac.extra))
+                            if t < previous:
+                                counters.out_of_order += 1     # same as above, once confirmed
+                            else:
+                                ac.held.append((d, t, ac.extra))
                     held.clear()
                     del ac.held[:-_MAX_HELD_PER_AIRCRAFT]
                 if ac.held:
@@ -197,6 +213,11 @@ class PositionDecoder:
                     ac.set_extra()
             if t >= self._next_sweep:
                 self._sweep(t)
+        # PipeDecoder's own motion check (same envelope as ours) drops positions before they
+        # reach _accept(): count them with ours.
+        moved = self.pipe.stats["position_rejected"]
+        counters.rejected_speed += moved - self._motion_rejected
+        self._motion_rejected = moved
 
     def _release_held(self, ac: _Aircraft, now: float) -> None:
         keep = []
@@ -263,6 +284,9 @@ class PositionDecoder:
             return
         last = ac.last
         if last is not None:
+            if t == last[0] and lat == last[1] and lon == last[2]:
+                counters.duplicates += 1          # the same frame twice (merged feeds)
+                return
             moved = self._km(lat, lon, last[1], last[2], self._cos_ref)
             if moved > MAX_SPEED_KMPS * abs(t - last[0]) + SPEED_MARGIN_KM:
                 counters.rejected_speed += 1

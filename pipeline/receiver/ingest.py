@@ -80,6 +80,18 @@ class IngestStats:
         return self.decoder.counters.rejected_speed
 
     @property
+    def rejected_altitude(self) -> int:
+        return self.decoder.counters.rejected_altitude
+
+    @property
+    def out_of_order(self) -> int:
+        return self.decoder.counters.out_of_order
+
+    @property
+    def duplicates(self) -> int:
+        return self.decoder.counters.duplicates
+
+    @property
     def aircraft_seen(self) -> int:
         return len(self.decoder.counters.aircraft)
 
@@ -97,6 +109,10 @@ class IngestStats:
         return self.writer.rows_journaled if self.writer else 0
 
     @property
+    def write_errors(self) -> int:
+        return self.writer.write_errors if self.writer else 0
+
+    @property
     def write_lag_s(self) -> float:
         return self.writer.write_lag_s if self.writer else 0.0
 
@@ -106,8 +122,10 @@ class IngestStats:
 
     def as_dict(self) -> dict[str, float | int]:
         names = ("bytes", "frames", "garbage_bytes", "truncated_frames", "bad_lines", "messages",
-                 "crc_failures", "positions", "rejected_range", "rejected_speed", "aircraft_seen",
-                 "rows_written", "rows_buffered", "rows_journaled", "write_lag_s", "reconnects")
+                 "crc_failures", "positions", "rejected_range", "rejected_speed",
+                 "rejected_altitude", "out_of_order", "duplicates", "aircraft_seen",
+                 "rows_written", "rows_buffered", "rows_journaled", "write_errors", "write_lag_s",
+                 "reconnects")
         return {name: getattr(self, name) for name in names}
 
 
@@ -198,9 +216,11 @@ def status_line(stats: IngestStats, interval_s: float, previous: dict | None) ->
     rate = lambda key: (now[key] - prev[key]) / max(interval_s, 1e-9)  # noqa: E731
     return (f"{rate('messages'):.0f} msg/s, {rate('positions'):.0f} positions/s, "
             f"CRC failures {now['crc_failures']}, rejected {now['rejected_range']} range + "
-            f"{now['rejected_speed']} speed, aircraft seen {now['aircraft_seen']}, "
-            f"rows written {now['rows_written']}, buffered {now['rows_buffered']}, "
-            f"write lag {now['write_lag_s']:.1f} s")
+            f"{now['rejected_speed']} speed + {now['rejected_altitude']} altitude + "
+            f"{now['out_of_order']} out of order, {now['duplicates']} duplicates, "
+            f"aircraft seen {now['aircraft_seen']}, rows written {now['rows_written']}, "
+            f"buffered {now['rows_buffered']}, journaled {now['rows_journaled']}, "
+            f"write errors {now['write_errors']}, write lag {now['write_lag_s']:.1f} s")
 
 
 def _parse_start(start_time: str | float | dt.datetime | None, path: Path) -> float:
