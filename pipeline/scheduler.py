@@ -147,9 +147,17 @@ class Worker:
                 self._child = None
         rc = child.wait()
         if rc != 0:
+            self._remove_partial_model(child.pid)
             raise JobFailed(f"training process exited with status {rc}" if rc > 0
                             else f"training process killed by signal {-rc}")
         return rc
+
+    def _remove_partial_model(self, pid: int) -> None:
+        """A child killed while saving leaves its temporary file behind (the registry writes
+        ``.tmp-<version>-<pid>.keras``, then renames it); no model row points at it."""
+        for path in self.settings.models_path.glob(f".tmp-*-{pid}.keras"):
+            path.unlink(missing_ok=True)
+            log.warning("training: removed %s, left by the killed training process", path)
 
     def train_when_ready(self) -> bool:
         """Train now if no model is active, enough finished flights exist, and no automatic
