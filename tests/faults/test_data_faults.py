@@ -1,4 +1,4 @@
-"""Data faults through the real framing, decoding and COPY path: the first ~12 minutes of the
+"""Data faults through the real framing, decoding and COPY path: the first ~10 minutes of the
 Paris capture, altered, replayed into PostgreSQL. Each fault is counted, nothing wrong is stored.
 
 Every test compares with the unaltered replay (``baseline``) and with the CSV the capture was
