@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "pipeline.model.train:command", "train a model now (in this process)")
     p.add_argument("--seed", type=int, help="random seed (overrides ADSB_TRAIN_SEED)")
     p.add_argument("--plain", action="store_true",
-                   help="fit on every flight of the window (no trimmed refit)")
+                   help="fit on every flight of the window (none left out)")
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     p = command("score", "pipeline.model.score:command", "score finished flights with the active model")
     p.add_argument("--rescore", action="store_true",

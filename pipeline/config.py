@@ -77,8 +77,12 @@ class Settings:
     train_budget_s: float = _setting(600.0, "Wall-clock budget of one training run, seconds.", minimum=5)
     train_cron: str = _setting("0 3 * * *", "When the worker retrains (crontab syntax, UTC).")
     train_seed: int | None = _setting(None, "Fixed random seed for training (reproducible runs).")
-    train_trim: float = _setting(0.1, "Fraction of highest-error flights dropped before the refit "
-                                 "(robust to anomalies in the training window).", minimum=0, maximum=0.5)
+    train_screen_k: float = _setting(3.0, "Leave flights out of training whose log tortuosity is "
+                                     "above median + k x MAD of the window (circling and "
+                                     "patterns are never learnt as normal); 0 disables.",
+                                     minimum=0, maximum=50)
+    train_trim: float = _setting(0.0, "Fraction of highest-error flights of a first fit left out "
+                                 "before the final fit (0 = no trimmed refit).", minimum=0, maximum=0.5)
     flag_mad_k: float = _setting(5.0, "Flag threshold: median + k x MAD of log(1 + score) over the "
                                  "flights a model was fitted on; this is k.", minimum=1, maximum=50)
     flag_quantile: float = _setting(0.99, "Floor of the flag threshold: this quantile of the "

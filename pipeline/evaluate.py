@@ -4,7 +4,7 @@
 label is its aircraft's, aircraft not in the file count as normal) prints ROC AUC, average
 precision and precision@k (k = number of anomalous flights) for the model's score, each of its
 channels alone, and honest baselines on the same flights: PCA reconstruction error of the same
-images (each channel, both, and both with the same trimmed refit as the model) and the
+images (each channel, both, and both fitted on the flights the model's screen keeps) and the
 geometric features tortuosity and total turning.
 """
 
@@ -95,10 +95,20 @@ def pca_errors(x: np.ndarray, fit_mask: np.ndarray | None = None,
     return ((centred - recon) ** 2).mean(axis=1)
 
 
-def pca_trimmed(x: np.ndarray, trim: float) -> np.ndarray:
-    """PCA with the model's trimmed refit: fit, drop the highest-error fraction, refit."""
-    first = pca_errors(x)
-    return pca_errors(x, first <= np.quantile(first, 1 - trim))
+def pca_robust(x: np.ndarray, keep: np.ndarray, trim: float) -> np.ndarray:
+    """PCA fitted like the model: on the flights its screen keeps, and, when the model trims,
+    refitted without the highest-error fraction of them."""
+    first = pca_errors(x, keep)
+    if trim > 0:
+        keep = keep & (first <= np.quantile(first[keep], 1 - trim))
+        return pca_errors(x, keep)
+    return first
+
+
+def _screened(tortuosity: np.ndarray, k: float) -> np.ndarray:
+    from pipeline.model.train import tortuous
+
+    return tortuous(tortuosity, k)[0] if k > 0 else np.zeros(len(tortuosity), bool)
 
 
 # ---- the evaluation -----------------------------------------------------------------------
@@ -119,8 +129,8 @@ def model_scores(engine: sa.Engine, images: np.ndarray, model_id: int | None = N
     return ch.max(axis=1), ch, row.version
 
 
-def evaluate(engine: sa.Engine, labels: dict[str, int], *, trim: float = 0.1,
-             model_id: int | None = None, flights: Flights | None = None):
+def evaluate(engine: sa.Engine, labels: dict[str, int], *, trim: float = 0.0,
+             screen_k: float = 3.0, model_id: int | None = None, flights: Flights | None = None):
     """(table rows [(name, auc, ap, p@k)], per-flight columns dict, labels array, version)."""
     f = flights or load_flights(engine)
     y = np.array([labels.get(a.lower(), 0) for a in f.icao24], dtype=int)
@@ -128,7 +138,8 @@ def evaluate(engine: sa.Engine, labels: dict[str, int], *, trim: float = 0.1,
     columns = {
         "model": score, "model_where": ch[:, 0], "model_shape": ch[:, 1],
         "pca_where": pca_errors(f.images[..., 0]), "pca_shape": pca_errors(f.images[..., 1]),
-        "pca_both": pca_errors(f.images), "pca_both_trimmed": pca_trimmed(f.images, trim),
+        "pca_both": pca_errors(f.images),
+        "pca_both_robust": pca_robust(f.images, ~_screened(f.tortuosity, screen_k), trim),
         "tortuosity": f.tortuosity, "turning_deg": f.turning_deg,
     }
     rows = [(name, roc_auc(s, y), average_precision(s, y), precision_at_k(s, y))
@@ -159,7 +170,8 @@ def command(settings: Settings, args) -> int:
     engine = make_engine(settings)
     labels = read_labels(Path(args.labels))
     try:
-        rows, columns, y, f, version = evaluate(engine, labels, trim=settings.train_trim)
+        rows, columns, y, f, version = evaluate(engine, labels, trim=settings.train_trim,
+                                                screen_k=settings.train_screen_k)
     except RuntimeError as e:
         log.error("%s", e)
         return 1

@@ -64,9 +64,9 @@ def test_flight_excluded_from_training_is_still_scored_and_flagged(copy):
     engine, settings, result = copy
     score.score_pending(engine, settings)
     excluded = _q(engine, "SELECT excluded FROM models WHERE id = :i", i=result.model_id)[0][0]
-    trimmed = excluded["trimmed"]["flights"]
-    rows = _q(engine, "SELECT id, flagged FROM flights WHERE id = ANY(:ids)", ids=trimmed)
-    assert len(rows) == len(trimmed) and all(r.flagged is not None for r in rows)
+    screened = excluded["screened"]["flights"]
+    rows = _q(engine, "SELECT id, flagged FROM flights WHERE id = ANY(:ids)", ids=screened)
+    assert len(rows) == len(screened) and all(r.flagged is not None for r in rows)
     assert any(r.flagged for r in rows)
 
 

@@ -16,8 +16,9 @@ from pipeline.flights.raster import decode_png
 
 @dataclass
 class Window:
-    """Flights of one training window: ids, aircraft, images (n, 64, 64, 2) uint8, and the
-    flights the active model flagged (left out of training, see train.py)."""
+    """Flights of one training window: ids, aircraft, images (n, 64, 64, 2) uint8, the flights
+    the active model flagged and their tortuosity (both used to leave flights out of training,
+    see train.py)."""
 
     start: dt.datetime
     end: dt.datetime
@@ -25,6 +26,7 @@ class Window:
     icao24: list[str]
     images: np.ndarray
     flagged: np.ndarray
+    tortuosity: np.ndarray
 
 
 def decode_images(blobs: list[bytes]) -> np.ndarray:
@@ -42,7 +44,8 @@ def load_window(engine: sa.Engine, settings: Settings,
         end = data_clock(conn)
         start = end - dt.timedelta(days=settings.train_days)
         rows = conn.execute(sa.text("""
-            SELECT id, icao24, image, coalesce(flagged AND model_id = :active, false)
+            SELECT id, icao24, image, coalesce(flagged AND model_id = :active, false),
+                   coalesce(tortuosity, 1)
               FROM flights
              WHERE state = 'finished' AND image IS NOT NULL
                AND last_seen > :start AND last_seen <= :end
@@ -52,7 +55,8 @@ def load_window(engine: sa.Engine, settings: Settings,
     rows.sort(key=lambda r: r[0])          # a stable order: the split depends only on the seed
     return Window(start, end, np.array([r[0] for r in rows], dtype=np.int64),
                   [r[1] for r in rows], decode_images([r[2] for r in rows]),
-                  np.array([bool(r[3]) for r in rows], dtype=bool))
+                  np.array([bool(r[3]) for r in rows], dtype=bool),
+                  np.array([r[4] for r in rows], dtype=np.float64))
 
 
 def split(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
