@@ -84,6 +84,26 @@ def test_raster_draws_connected_binary_lines_and_roundtrips_png():
     assert np.array_equal(back, img)
 
 
+def test_batch_png_decoding_equals_pillow_and_rejects_corrupt_images():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    imgs = (rng.random((50, 64, 64, 2)) < 0.03).astype(np.uint8)
+    blobs = [raster.encode_png(i) for i in imgs]
+    assert np.array_equal(raster.decode_pngs(blobs), imgs)
+    assert np.array_equal(np.stack([raster.decode_png(b) for b in blobs]), imgs)
+    # A PNG from another writer (8-bit, Pillow) takes the general path, in the same batch.
+    other = io.BytesIO()
+    Image.fromarray(np.concatenate([imgs[0, :, :, 0], imgs[0, :, :, 1]], 1) * 255).save(other, "PNG")
+    assert np.array_equal(raster.decode_pngs([other.getvalue(), blobs[1]]), imgs[:2])
+    bad = bytearray(blobs[0])
+    bad[len(bad) // 2] ^= 0xFF
+    with pytest.raises(ValueError):
+        raster.decode_pngs([blobs[1], bytes(bad)])
+
+
 def test_raster_clips_segments_at_the_frame_edge():
     x = np.array([-500.0, 500.0])      # a straight line far beyond +-120 km, through the centre
     y = np.array([0.0, 0.0])

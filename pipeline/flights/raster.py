@@ -147,5 +147,42 @@ def decode_png(data: bytes) -> np.ndarray:
     return out
 
 
+_OWN_HEADER = _PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2 * SIZE, SIZE, 1, 0, 0, 0, 0))
+_ROW_BYTES = 1 + 2 * SIZE // 8                         # filter byte + 128 one-bit pixels
+
+
+def decode_pngs(blobs: list[bytes]) -> np.ndarray:
+    """(n, 64, 64, 2) uint8 0/1 images of many stored PNGs at once.
+
+    PNGs written by :func:`encode_png` (one IDAT, filter 0 on every row) are inflated with zlib
+    (its Adler-32 checksum guards the data) and unpacked for the whole batch in one NumPy pass,
+    ~20x faster than Pillow per image; any other valid PNG goes through :func:`decode_png`.
+    Raises ValueError for an image that cannot be decoded."""
+    out = np.empty((len(blobs), SIZE, SIZE, 2), dtype=np.uint8)
+    raw, fast = [], []
+    head = len(_OWN_HEADER)
+    for i, blob in enumerate(blobs):
+        blob = bytes(blob)
+        if blob.startswith(_OWN_HEADER) and blob[head + 4:head + 8] == b"IDAT" \
+                and blob.endswith(_IEND):
+            n = struct.unpack(">I", blob[head:head + 4])[0]
+            if head + 12 + n + len(_IEND) == len(blob):
+                try:
+                    data = zlib.decompress(blob[head + 8:head + 8 + n])
+                except zlib.error as e:
+                    raise ValueError(f"stored track image is corrupt ({e})") from None
+                if len(data) == SIZE * _ROW_BYTES and not any(data[::_ROW_BYTES]):
+                    raw.append(data)
+                    fast.append(i)
+                    continue
+        out[i] = decode_png(blob)
+    if raw:
+        rows = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), SIZE, _ROW_BYTES)
+        bits = np.unpackbits(rows[:, :, 1:], axis=2)                       # (k, 64, 128)
+        out[fast, :, :, 0] = bits[:, :, :SIZE]
+        out[fast, :, :, 1] = bits[:, :, SIZE:]
+    return out
+
+
 def lit_fractions(image: np.ndarray) -> tuple[float, float]:
     return float(image[:, :, 0].mean()), float(image[:, :, 1].mean())

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from pipeline.config import Settings
 from pipeline.flights.clock import data_clock
-from pipeline.flights.raster import decode_png
+from pipeline.flights.raster import decode_pngs
 
 
 @dataclass
@@ -30,10 +30,7 @@ class Window:
 
 
 def decode_images(blobs: list[bytes]) -> np.ndarray:
-    out = np.empty((len(blobs), 64, 64, 2), dtype=np.uint8)
-    for i, blob in enumerate(blobs):
-        out[i] = decode_png(blob)
-    return out
+    return decode_pngs(blobs)
 
 
 def load_window(engine: sa.Engine, settings: Settings,

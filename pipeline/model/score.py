@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipeline.config import Settings
 from pipeline.flights.clock import data_clock
-from pipeline.flights.raster import decode_png
+from pipeline.flights.raster import decode_png, decode_pngs
 from pipeline.model import registry
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ _UPDATE_FLIGHTS = sa.text("""
 
 def _decode(rows) -> tuple[list[int], np.ndarray, list[int]]:
     """Images of the rows; ids of rows whose stored image cannot be decoded (logged)."""
+    try:
+        return [r[0] for r in rows], decode_pngs([r[1] for r in rows]), []
+    except Exception:  # noqa: BLE001 - find the bad ones one by one below
+        pass
     ids, images, bad = [], [], []
     for fid, blob in rows:
         try:

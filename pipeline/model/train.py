@@ -65,6 +65,7 @@ class FitOutcome:
     best_epoch: int
     seconds: float
     images_per_s: float
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -104,12 +105,14 @@ def _callbacks(deadline: float, label: str, patience: int = PATIENCE):
             super().__init__()
             self.t0 = time.monotonic()
             self.epochs = 0
+            self.durations: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
             self.epochs = epoch + 1
+            self.durations.append(time.monotonic() - self.t0)
             logs = logs or {}
             val = f" val_loss {logs['val_loss']:.5f}" if "val_loss" in logs else ""
             log.info("%s epoch %d: loss %.5f%s (%.1f s)", label, epoch + 1,
@@ -150,7 +153,8 @@ def fit(train_images: np.ndarray, val_images: np.ndarray | None, *, seed: int, d
     epochs = len(hist.history["loss"])
     val = hist.history.get("val_loss", [])
     best = int(np.nanargmin(val)) + 1 if val and np.isfinite(val).any() else epochs
-    return FitOutcome(model, epochs, best, seconds, epochs * len(train_images) / max(seconds, 1e-9))
+    return FitOutcome(model, epochs, best, seconds, epochs * len(train_images) / max(seconds, 1e-9),
+                      callbacks[0].durations)
 
 
 def _make_engine(settings: Settings):
