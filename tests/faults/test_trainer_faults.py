@@ -21,9 +21,9 @@ KILL_AT = {
     "fit": '''
 from pipeline.model import train
 real = train._callbacks
-def _callbacks(deadline, label):
+def _callbacks(*args, **kwargs):
     import keras
-    callbacks, stop = real(deadline, label)
+    callbacks, stop = real(*args, **kwargs)
     class Kill(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
