@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline.flights import raster, store
+from pipeline.flights import features, raster, store
 from helpers_positions import UTC, Pos, copy_positions, track
 
 T0 = dt.datetime(2021, 10, 7, 12, 0, tzinfo=UTC)
@@ -185,3 +185,44 @@ def test_two_workers_at_once_no_duplicate_no_loss(engine, settings, no_margin):
     with engine.begin() as conn:
         assert store.take_lock(conn, store.lock_key(settings.receiver_id), wait=False)
         assert store.process_flights(engine, settings, wait=False).skipped
+
+
+def test_flights_closed_in_batches_store_what_their_positions_give(engine, settings, no_margin,
+                                                                   monkeypatch):
+    monkeypatch.setattr(store, "CLOSE_BATCH_POSITIONS", 150)       # a few flights per query
+    rows = many_aircraft(12)
+    rows = [p._replace(callsign=None, altitude=None) if p.icao24 == "a00003" else p for p in rows]
+    copy_positions(engine, rows)
+    first = store.process_flights(engine, settings)                 # the first flights close
+    assert first.closed == 12
+    with engine.begin() as conn:                                    # as retention would
+        conn.execute(sa.text("DELETE FROM positions WHERE icao24 = 'a00005' AND time > :t"),
+                     {"t": T0 + 1000 * S})
+    last = store.process_flights(engine, settings, final=True)
+    assert (last.closed, last.empty) == (12, 1)
+    with engine.connect() as conn:
+        pos = conn.execute(sa.text(
+            "SELECT f.id, p.latitude, p.longitude FROM flights f JOIN positions p "
+            "ON p.icao24 = f.icao24 AND p.time BETWEEN f.first_seen AND f.last_seen "
+            "ORDER BY f.id, p.time")).all()
+    by_flight: dict[int, list] = {}
+    for fid, lat, lon in pos:
+        by_flight.setdefault(fid, []).append((lat, lon))
+    got = flights(engine)
+    assert len(got) == 24 and all(f["state"] == "finished" for f in got)
+    for f in got:
+        if f["icao24"] == "a00005" and f["first_seen"] > T0 + 1000 * S:
+            assert f["n_positions"] == 0 and f["image"] is None
+            continue
+        lat, lon = np.array(by_flight[f["id"]]).T
+        img, side = raster.rasterize(lat, lon, settings.receiver_lat, settings.receiver_lon,
+                                     settings.range_km)
+        feat = features.compute(lat, lon, settings.receiver_lat, settings.receiver_lon)
+        assert bytes(f["image"]) == raster.encode_png(img) and f["n_positions"] == lat.size
+        assert f["shape_side_km"] == pytest.approx(side, rel=1e-6)
+        assert (f["where_lit"], f["shape_lit"]) == pytest.approx(raster.lit_fractions(img))
+        for name in features.NAMES:
+            assert f[name] == pytest.approx(getattr(feat, name), rel=1e-6, abs=1e-6)
+        unknown = f["icao24"] == "a00003"
+        assert f["callsign"] == (None if unknown else "TEST1")
+        assert f["min_altitude"] == f["max_altitude"] == (None if unknown else 30000)

@@ -1,129 +1,232 @@
-"""64x64 two-channel track images of a flight.
+"""64x64 two-channel track images of flights.
 
 Channel 0, *where*: the fixed receiver frame, +-range_km around the receiver, so the usual
 corridors fall on the same pixels every day and an off-corridor flight stands out.
 Channel 1, *shape*: the flight's own frame (its bounding box plus a margin, never smaller than
 ``MIN_SHAPE_SIDE_KM``), so an orbit of a few km is drawn as an orbit, not a dot.
 
-Both are binary: 1-pixel lines between consecutive positions, no anti-aliasing, segments
-clipped at the frame edge (Pillow clips). Arrays are ``uint8`` of shape (64, 64, 2), values
-0/1, row 0 at the north edge.
+Both are binary: 1-pixel 8-connected lines between consecutive positions, no anti-aliasing,
+segments clipped at the frame edge. Arrays are ``uint8`` of shape (64, 64, 2), values 0/1,
+row 0 at the north edge.
+
+Drawing is NumPy, for a whole batch of flights at once (:func:`rasterize_many`): Pillow draws
+one polyline fast, but a 64x64 line is a handful of pixels and the per-flight overhead around
+it (image, Draw object, a list of coordinates, two calls per flight) cost more than drawing.
+Each position is projected and rounded to its pixel, consecutive repeats are dropped, and every
+segment between two pixels a and b is sampled at k = 0..n-1 with n = max(|dx|, |dy|): the
+pixel a + round(k/n * (b - a)) moves by exactly one along the major axis and by at most one
+along the other, so lines are 8-connected and every position's own pixel is lit. A segment
+that leaves the frame is sampled only over the part inside it (Liang-Barsky), so absurd
+coordinates cost no more than a line across the frame. Pillow stays for decoding PNGs from
+other writers and for the pictures drawn for humans (:mod:`pipeline.flights.show`).
 """
 
 from __future__ import annotations
 
 import io
 import struct
-import threading
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from pipeline.flights import ragged
 from pipeline.geo import to_local_km
 
 SIZE = 64
 CHANNELS = ("where", "shape")
 SHAPE_MARGIN = 0.08          # 4 % of the side on each edge
 MIN_SHAPE_SIDE_KM = 5.0      # a hovering helicopter is not blown up into noise
+# Pixel coordinates are clamped to +-2^30 (NaN sent there too) so that they fit in int32: only
+# positions some 4 billion km away move (and so bend the lines to them).
+_LIMIT = float(1 << 30)
+_HALF = SIZE / 2 - 0.5
+_PLANE = SIZE * SIZE * 2     # one flight's (64, 64, 2) image, flattened
 
 
-@dataclass(frozen=True)
-class Frame:
-    """A square of ``side_km`` centred at (cx, cy) km in the receiver's local projection."""
+def rasterize_many(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, range_km: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 64, 64, 2) of n tracks given in local km, and their shape frames' sides (km).
 
-    cx: float
-    cy: float
-    side_km: float
-
-    def to_pixels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Integer pixel coordinates (n, 2) of the points, consecutive repeats dropped."""
-        scale = SIZE / self.side_km
-        pts = np.empty((x.size, 2), dtype=np.float64)
-        np.multiply(np.subtract(x, self.cx, out=pts[:, 0]), scale, out=pts[:, 0])
-        np.multiply(np.subtract(self.cy, y, out=pts[:, 1]), scale, out=pts[:, 1])   # north up
-        pts += SIZE / 2 - 0.5
-        # Pillow clips what lies outside the canvas; keep absurd coordinates inside int32.
-        np.clip(pts, -1e6, 1e6, out=pts)
-        ipts = np.rint(pts, out=pts).astype(np.int32)
-        # At 1 position/s many consecutive positions share a pixel (a receiver-frame pixel is
-        # ~4 km wide); drawing the repeats changes nothing and costs time. One int64 compare
-        # per point checks both coordinates at once.
-        if ipts.shape[0] > 1:
-            packed = ipts.view(np.int64).ravel()
-            moved = np.empty(packed.size, dtype=bool)
-            moved[0] = True
-            np.not_equal(packed[1:], packed[:-1], out=moved[1:])
-            ipts = ipts[moved]
-        return ipts
+    ``x``, ``y`` hold the positions of all tracks one after the other, track i being
+    ``x[offsets[i]:offsets[i + 1]]`` (:mod:`pipeline.flights.ragged`); ``offsets`` has n + 1
+    entries, from 0 to ``x.size``. Every track needs at least one position."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if (offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != x.size
+            or y.size != x.size):
+        raise ValueError("offsets must run from 0 to the number of positions")
+    if (np.diff(offsets) <= 0).any():
+        raise ValueError("cannot rasterize a flight without positions")
+    n = offsets.size - 1
+    out = np.zeros((n, SIZE, SIZE, 2), dtype=np.uint8)
+    sides = np.empty(n)
+    for i, j in ragged.spans(offsets):
+        lo, hi = offsets[i], offsets[j]
+        sides[i:j] = _rasterize(out[i:j], x[lo:hi], y[lo:hi], offsets[i:j + 1] - lo, range_km)
+    return out, sides
 
 
-def receiver_frame(range_km: float) -> Frame:
-    return Frame(0.0, 0.0, 2.0 * range_km)
-
-
-def shape_frame(x: np.ndarray, y: np.ndarray) -> Frame:
-    x0, x1, y0, y1 = float(x.min()), float(x.max()), float(y.min()), float(y.max())
-    side = max(x1 - x0, y1 - y0) * (1.0 + SHAPE_MARGIN)
-    return Frame((x0 + x1) / 2, (y0 + y1) / 2, max(side, MIN_SHAPE_SIDE_KM))
-
-
-class _Canvas(threading.local):
-    """One reusable 64x64 image per thread: creating a Pillow image and its Draw object per
-    channel costs more than drawing a whole track."""
-
-    def __init__(self) -> None:
-        self.image = Image.new("L", (SIZE, SIZE), 0)
-        self.draw = ImageDraw.Draw(self.image)
-
-
-_canvas = _Canvas()
-
-
-def draw(points: np.ndarray) -> np.ndarray:
-    """A (64, 64) uint8 0/1 image of the polyline through integer pixel ``points`` (n, 2)."""
-    c = _canvas
-    c.image.paste(0, (0, 0, SIZE, SIZE))
-    if len(points) == 1:
-        c.draw.point([tuple(points[0].tolist())], fill=1)
-    else:
-        c.draw.line(points.ravel().tolist(), fill=1, width=1)
-    # tobytes + frombuffer is several times faster than np.asarray on a Pillow image.
-    return np.frombuffer(c.image.tobytes(), dtype=np.uint8).reshape(SIZE, SIZE)
+def _rasterize(out: np.ndarray, x: np.ndarray, y: np.ndarray, offsets: np.ndarray,
+               range_km: float) -> np.ndarray:
+    """Draw into ``out`` (n, 64, 64, 2), zeros, the n tracks of x, y; their shape sides."""
+    n = offsets.size - 1
+    starts = offsets[:-1]
+    counts = np.diff(offsets)
+    flat = out.reshape(-1)
+    base = np.arange(n, dtype=np.int64) * _PLANE
+    scale = SIZE / (2.0 * range_km)
+    with np.errstate(invalid="ignore", over="ignore"):        # inf and NaN: see _pixels
+        where = _pixels(x * scale + _HALF, _HALF - y * scale)
+        # Shape frame: bounding box (NaN ignored) + margin, at least MIN_SHAPE_SIDE_KM.
+        x0, x1 = np.fmin.reduceat(x, starts), np.fmax.reduceat(x, starts)
+        y0, y1 = np.fmin.reduceat(y, starts), np.fmax.reduceat(y, starts)
+        side = np.fmax(np.fmax(x1 - x0, y1 - y0) * (1.0 + SHAPE_MARGIN), MIN_SHAPE_SIDE_KM)
+        s = SIZE / side
+        # (x - cx) * s + half, with the per-flight terms folded: x * s + (half - cx * s).
+        col0 = _HALF - (x0 + x1) / 2 * s
+        row0 = _HALF + (y0 + y1) / 2 * s
+        s_each = np.repeat(s, counts)
+        shape = _pixels(x * s_each + np.repeat(col0, counts), np.repeat(row0, counts) - y * s_each)
+    _draw(flat, base, starts, counts, where)
+    _draw(flat, base + 1, starts, counts, shape)
+    return side
 
 
 def rasterize_xy(x: np.ndarray, y: np.ndarray, range_km: float) -> tuple[np.ndarray, float]:
-    """Image (64, 64, 2) of a track given in local km, and the shape frame's side in km."""
+    """Image (64, 64, 2) of one track given in local km, and the shape frame's side in km."""
+    x = np.asarray(x, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("cannot rasterize a flight without positions")
-    out = np.empty((SIZE, SIZE, 2), dtype=np.uint8)
-    out[:, :, 0] = draw(receiver_frame(range_km).to_pixels(x, y))
-    frame = shape_frame(x, y)
-    out[:, :, 1] = draw(frame.to_pixels(x, y))
-    return out, frame.side_km
+    images, sides = rasterize_many(x, y, np.array([0, x.size]), range_km)
+    return images[0], float(sides[0])
 
 
 def rasterize(lat: np.ndarray, lon: np.ndarray, ref_lat: float, ref_lon: float,
               range_km: float) -> tuple[np.ndarray, float]:
-    """Image (64, 64, 2) of a track given in degrees, and the shape frame's side in km."""
+    """Image (64, 64, 2) of one track given in degrees, and the shape frame's side in km."""
     x, y = to_local_km(lat, lon, ref_lat, ref_lon)
     return rasterize_xy(x, y, range_km)
+
+
+def _pixels(col: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Integer pixels (m, 2) = (column, row) of float pixel coordinates."""
+    pts = np.empty((col.size, 2), dtype=np.float64)
+    pts[:, 0] = col
+    pts[:, 1] = row
+    np.fmin(pts, _LIMIT, out=pts)           # fmin/fmax also send NaN to the limit
+    np.fmax(pts, -_LIMIT, out=pts)
+    return np.rint(pts, out=pts).astype(np.int32)
+
+
+def _draw(flat: np.ndarray, base: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+          pix: np.ndarray) -> None:
+    """Set to 1, in ``flat`` (the batch's images, flattened), the lines through each flight's
+    pixels; flight i's pixel (col, row) is ``flat[base[i] + (row * 64 + col) * 2]``."""
+    # At 1 position/s many consecutive positions share a pixel (a receiver-frame pixel is
+    # ~4 km wide); one int64 compare per point checks both coordinates at once.
+    packed = pix.view(np.int64).ravel()
+    moved = np.empty(packed.size, dtype=bool)
+    moved[0] = True
+    np.not_equal(packed[1:], packed[:-1], out=moved[1:])
+    moved[starts] = True
+    kept = pix[moved]                                             # (m, 2)
+    kept_n = np.add.reduceat(moved, starts, dtype=np.int64)
+    last = np.cumsum(kept_n) - 1                                 # each flight's last pixel
+    # Every kept pixel starts a segment to the next one of its flight; a flight's last pixel
+    # starts an empty one (d = 0), which draws just that pixel.
+    d = np.empty(kept.shape, dtype=np.int64)
+    np.subtract(kept[1:], kept[:-1], out=d[:-1], dtype=np.int64)
+    d[last] = 0
+    steps = np.maximum(np.abs(d[:, 0]), np.abs(d[:, 1]))        # n = max(|dx|, |dy|)
+    inside = kept.view(np.uint32) < SIZE                          # negatives wrap to large
+    inside = inside[:, 0] & inside[:, 1]
+    whole = inside.copy()                                         # both ends in the frame
+    whole[:-1] &= inside[1:]
+    whole[last] = inside[last]
+    seg_base = np.repeat(base, kept_n)
+    if whole.all():
+        _set_samples(flat, kept, d, steps, seg_base, None, None)
+    else:
+        _set_samples(flat, kept[whole], d[whole], steps[whole], seg_base[whole], None, None)
+        cut = ~whole
+        k0, k1 = _clip(kept[cut], d[cut], steps[cut])
+        _set_samples(flat, kept[cut], d[cut], steps[cut], seg_base[cut], k0, k1)
+
+
+def _clip(a: np.ndarray, d: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Liang-Barsky: the samples k0..k1 (inclusive) of each segment a + k/n * d, k < n, that
+    may round into the frame (its continuous part within [-0.5, 63.5]^2, one sample of slack
+    on each side for rounding); k1 < k0 where none can."""
+    a = a.astype(np.float64)
+    d = d.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = (-0.5 - a) / d                   # d = 0: +-inf, so the axis never limits t
+        tb = (SIZE - 0.5 - a) / d             # unless a lies outside: then t0 > t1
+    t0 = np.maximum(np.minimum(ta, tb).max(axis=1), 0.0)
+    t1 = np.minimum(np.maximum(ta, tb).min(axis=1), 1.0)
+    hit = t0 <= t1
+    n = np.maximum(steps, 1).astype(np.float64)
+    k0 = np.floor(np.where(hit, t0, 0.0) * n) - 1
+    k1 = np.ceil(np.where(hit, t1, 0.0) * n) + 1
+    k0 = np.maximum(k0, 0).astype(np.int64)
+    k1 = np.where(hit, np.minimum(k1, n - 1), -1).astype(np.int64)
+    return k0, k1
+
+
+def _set_samples(flat: np.ndarray, a: np.ndarray, d: np.ndarray, steps: np.ndarray,
+                 base: np.ndarray, k0: np.ndarray | None, k1: np.ndarray | None) -> None:
+    """DDA: pixel a + round(k / n * d) for k = k0..k1 of every segment (all k < n when k0 is
+    None: the segment lies inside the frame), set to 1 where inside the frame."""
+    n = np.maximum(steps, 1)
+    if k0 is None:
+        k0, many = np.zeros_like(n), n
+    else:
+        many = np.maximum(k1 - k0 + 1, 0)
+    total = int(many.sum())
+    if total == 0:
+        return
+    first = np.cumsum(many) - many
+    k = np.arange(total, dtype=np.int64) - np.repeat(first - k0, many)
+    inv = 1.0 / n
+    col = np.rint(k * np.repeat(d[:, 0] * inv, many))
+    row = np.rint(k * np.repeat(d[:, 1] * inv, many))
+    col += np.repeat(a[:, 0], many)
+    row += np.repeat(a[:, 1], many)
+    idx = np.repeat(base, many)
+    if k1 is not None:                        # clipped segments: keep samples inside only
+        keep = (col >= 0) & (col < SIZE) & (row >= 0) & (row < SIZE)
+        col, row, idx = col[keep], row[keep], idx[keep]
+    idx += (row * (2 * SIZE) + col * 2).astype(np.int64)
+    flat[idx] = 1
 
 
 # ---- storage: one lossless 1-bit PNG, channels side by side (where | shape) -------------------
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a (64, 64, 2) 0/1 image: 128x64, 1 bit per pixel, where on the left, shape
-    on the right.
+    on the right."""
+    return encode_pngs(image[np.newaxis])[0]
+
+
+def encode_pngs(images: np.ndarray) -> list[bytes]:
+    """PNG bytes of each (64, 64, 2) 0/1 image of ``images`` (n, 64, 64, 2), as
+    :func:`encode_png`.
 
     Written directly (signature, IHDR, one IDAT, IEND) because Pillow's PNG writer costs ~200 us
-    per image, more than drawing the track; any PNG reader (Pillow, browsers) reads it."""
-    side_by_side = np.concatenate([image[:, :, 0], image[:, :, 1]], axis=1)
-    rows = np.packbits(side_by_side.astype(bool), axis=1)                 # (64, 16) bytes
-    raw = np.concatenate([np.zeros((SIZE, 1), dtype=np.uint8), rows], axis=1)  # filter 0
-    ihdr = struct.pack(">IIBBBBB", 2 * SIZE, SIZE, 1, 0, 0, 0, 0)           # 1-bit greyscale
-    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", ihdr),
-                     _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)), _IEND))
+    per image, more than drawing the track; any PNG reader (Pillow, browsers) reads it. Rows are
+    packed to bits for the whole batch at once; only the deflate is per image."""
+    images = np.asarray(images)
+    n = images.shape[0]
+    raw = np.zeros((n, SIZE, _ROW_BYTES), dtype=np.uint8)          # filter byte 0 per row
+    raw[:, :, 1:1 + SIZE // 8] = np.packbits(images[:, :, :, 0] != 0, axis=2)
+    raw[:, :, 1 + SIZE // 8:] = np.packbits(images[:, :, :, 1] != 0, axis=2)
+    out = []
+    for data in raw.reshape(n, -1):
+        idat = zlib.compress(data.tobytes(), 6)
+        out.append(b"".join((_OWN_HEADER, struct.pack(">I", len(idat)), b"IDAT", idat,
+                             struct.pack(">I", zlib.crc32(idat, _IDAT_CRC)), _IEND)))
+    return out
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -134,6 +237,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 _IEND = _chunk(b"IEND", b"")
+_IHDR = struct.pack(">IIBBBBB", 2 * SIZE, SIZE, 1, 0, 0, 0, 0)           # 1-bit greyscale
+_IDAT_CRC = zlib.crc32(b"IDAT")
+_OWN_HEADER = _PNG_SIGNATURE + _chunk(b"IHDR", _IHDR)
+_ROW_BYTES = 1 + 2 * SIZE // 8                         # filter byte + 128 one-bit pixels
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -147,8 +254,6 @@ def decode_png(data: bytes) -> np.ndarray:
     return out
 
 
-_OWN_HEADER = _PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2 * SIZE, SIZE, 1, 0, 0, 0, 0))
-_ROW_BYTES = 1 + 2 * SIZE // 8                         # filter byte + 128 one-bit pixels
 
 
 def decode_pngs(blobs: list[bytes]) -> np.ndarray:
@@ -186,3 +291,16 @@ def decode_pngs(blobs: list[bytes]) -> np.ndarray:
 
 def lit_fractions(image: np.ndarray) -> tuple[float, float]:
     return float(image[:, :, 0].mean()), float(image[:, :, 1].mean())
+
+
+def lit_fractions_many(images: np.ndarray) -> np.ndarray:
+    """(n, 2) fractions of lit pixels of each image (n, 64, 64, 2), per channel.
+
+    Each pixel's two channels read as one uint16 and are counted with a mask per channel: a
+    reduction over the interleaved (64, 64, 2) axes costs ~20x more."""
+    pairs = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1).view(np.uint16)
+    out = np.empty((len(images), 2))
+    for channel in range(2):
+        mask = np.frombuffer(bytes([255 * (channel == 0), 255 * (channel == 1)]), np.uint16)[0]
+        out[:, channel] = np.count_nonzero(pairs & mask, axis=1)
+    return out / (SIZE * SIZE)

@@ -9,8 +9,9 @@ nothing half done:
 2. cut them with the gap rule (:mod:`pipeline.flights.segment`) and record them as open flights
    (new rows, or first_seen/last_seen/n_positions of an open flight updated);
 3. close every open flight whose last position is more than the gap behind the data clock:
-   read its positions (icao24 + time range, one query for all of them), compute features,
-   draw the two-channel image and store everything with state='finished'.
+   read its positions (icao24 + time range, one query for a whole batch of flights), draw the
+   two-channel images and compute features for the batch at once, and store everything with
+   state='finished' (one UPDATE per batch).
 
 The positions table is only ever appended to; flights refer to positions by aircraft and
 time range (the query in :data:`FLIGHT_POSITIONS_SQL`).
@@ -19,7 +20,9 @@ time range (the query in :data:`FLIGHT_POSITIONS_SQL`).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
+import struct
 import time
 from dataclasses import dataclass
 
@@ -28,7 +31,7 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from pipeline.config import Settings
-from pipeline.flights import features, raster, segment
+from pipeline.flights import features, ragged, raster, segment
 from pipeline.flights.clock import data_clock
 from pipeline.geo import to_local_km
 
@@ -50,7 +53,6 @@ ORDER BY p.time"""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _REC = np.dtype([("t", ">i8"), ("g", "u1")])       # new positions: time (us), on_ground
-_LATLON = np.dtype([("lat", ">f8"), ("lon", ">f8")])
 _US = "(extract(epoch FROM {col}) * 1000000)::int8"
 
 
@@ -67,6 +69,7 @@ class PassResult:
     empty: int = 0                # closed without any position left (retention dropped them)
     clock: dt.datetime | None = None
     seconds: float = 0.0
+    close_seconds: float = 0.0    # of which closing flights (read, draw, write)
 
 
 def to_datetime(us: int) -> dt.datetime:
@@ -277,41 +280,16 @@ def _due(conn: sa.Connection, rid: str, clock: dt.datetime, gap_us: int,
 
 def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.datetime | None]],
            cutoff: dt.datetime | None, res: PassResult) -> None:
-    """Read the positions of every flight in ``todo`` (id, only rows inserted after this time
-    or None) in one query, and store image, features and state='finished' in one UPDATE."""
+    """Close every flight in ``todo`` (id, only rows inserted after this time or None): read
+    their positions, draw, compute features and store everything with state='finished', a
+    batch of flights at a time (one query, one UPDATE per batch)."""
     if not todo:
         return
     started = time.perf_counter()
-    cut = "AND p.inserted_at <= :cutoff" if cutoff is not None else ""
-    rows = conn.execute(sa.text(
-        "SELECT f.id, count(*), min(p.time), max(p.time), "
-        "string_agg(float8send(p.latitude) || float8send(p.longitude), ''::bytea ORDER BY p.time), "
-        "min(p.altitude), max(p.altitude), mode() WITHIN GROUP (ORDER BY p.callsign) "
-        "FROM unnest(CAST(:ids AS bigint[]), CAST(:after AS timestamptz[])) AS v(id, after) "
-        "JOIN flights f ON f.id = v.id "
-        "JOIN positions p ON p.icao24 = f.icao24 AND p.receiver_id = f.receiver_id "
-        "  AND p.time BETWEEN f.first_seen AND f.last_seen "
-        f"WHERE NOT p.on_ground AND (v.after IS NULL OR p.inserted_at > v.after) {cut} "
-        "GROUP BY f.id"),
-        {"ids": [i for i, _ in todo], "after": [a for _, a in todo], "cutoff": cutoff}).all()
-    values = [_finished_values(settings, *r) for r in rows]
-    found = {r[0] for r in rows}
-    empty = [i for i, _ in todo if i not in found]
     cur = conn.connection.driver_connection.cursor()
-    if values:
-        execute_values(
-            cur, "UPDATE flights f SET state = 'finished', closed_at = now(), n_positions = v.n, "
-                 "first_seen = v.first, last_seen = v.last, callsign = v.callsign, "
-                 "min_altitude = v.amin, max_altitude = v.amax, path_km = v.path, "
-                 "straight_km = v.straight, tortuosity = v.tort, turning_deg = v.turn, "
-                 "max_distance_km = v.maxd, image = v.image, where_lit = v.wl, "
-                 "shape_lit = v.sl, shape_side_km = v.side "
-                 "FROM (VALUES %s) AS v(id, n, first, last, callsign, amin, amax, path, "
-                 "straight, tort, turn, maxd, image, wl, sl, side) WHERE f.id = v.id",
-            values, page_size=500,
-            template="(%s, %s, %s::timestamptz, %s::timestamptz, %s, %s::int, %s::int, %s::real, "
-                     "%s::real, %s::real, %s::real, %s::real, %s::bytea, %s::real, %s::real, "
-                     "%s::real)")
+    empty: list[int] = []
+    for part in _batches(cur, todo):
+        empty += _close_batch(cur, settings, part, cutoff)
     if empty:
         # Only when retention dropped the positions of a flight that was still open.
         log.warning("flights: %d flights had no positions left when closed (ids %s...)",
@@ -321,25 +299,176 @@ def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.dat
     res.closed += len(todo)
     res.empty += len(empty)
     secs = time.perf_counter() - started
+    res.close_seconds += secs
     log.debug("flights: closed %d in %.2f s (%.0f flights/s)", len(todo), secs,
               len(todo) / max(secs, 1e-9))
 
 
-def _finished_values(settings: Settings, fid: int, n: int, first: dt.datetime,
-                     last: dt.datetime, latlon: bytes, amin, amax, callsign) -> tuple:
-    pts = np.frombuffer(latlon, dtype=_LATLON)
-    lat, lon = pts["lat"].astype(np.float64), pts["lon"].astype(np.float64)
-    img, side, feat = render(settings, lat, lon)
-    where_lit, shape_lit = raster.lit_fractions(img)
-    return (fid, n, first, last, callsign, amin, amax, feat.path_km, feat.straight_km,
-            feat.tortuosity, feat.turning_deg, feat.max_distance_km,
-            raster.encode_png(img), where_lit, shape_lit, side)
+# Positions of the flights to close, one row per flight: its summary and its track as an array
+# of points (longitude, latitude) in time order. The aggregate reads the rows straight from the
+# subquery ordered by time (the index on (icao24, time) delivers them so), which is how
+# PostgreSQL feeds an aggregate in order without sorting each flight's rows again, as an
+# ORDER BY inside array_agg would. Binary COPY: floats arrive as bytes, no text to parse.
+_CLOSE_SQL = """\
+COPY (
+SELECT f.id, a.first, a.last, a.amin, a.amax, a.callsign, a.track
+FROM unnest(%(ids)s::bigint[], %(after)s::timestamptz[]) AS v(id, after)
+JOIN flights f ON f.id = v.id
+CROSS JOIN LATERAL (
+  SELECT min(p.time) AS first, max(p.time) AS last,
+         min(p.altitude) AS amin, max(p.altitude) AS amax,
+         mode() WITHIN GROUP (ORDER BY p.callsign) AS callsign,
+         array_agg(point(p.longitude, p.latitude)) AS track
+  FROM (SELECT p.time, p.latitude, p.longitude, p.altitude, p.callsign
+        FROM positions p
+        WHERE p.icao24 = f.icao24 AND p.receiver_id = f.receiver_id
+          AND p.time BETWEEN f.first_seen AND f.last_seen AND NOT p.on_ground
+          AND (v.after IS NULL OR p.inserted_at > v.after) {cut}
+        ORDER BY p.time) p
+) a
+) TO STDOUT WITH (FORMAT binary)"""
+
+# Every column travels as one array (text literal, or one bytea holding every image): building
+# them costs a few ms per thousand flights where psycopg2's per-value adaptation cost ~30 ms.
+_FINISH_SQL = """\
+UPDATE flights f SET state = 'finished', closed_at = now(), n_positions = v.n,
+    first_seen = %(epoch)s + v.first * interval '1 microsecond',
+    last_seen = %(epoch)s + v.last * interval '1 microsecond',
+    callsign = v.callsign, min_altitude = v.amin, max_altitude = v.amax,
+    path_km = v.path, straight_km = v.straight, tortuosity = v.tort, turning_deg = v.turn,
+    max_distance_km = v.maxd, image = substring(%(images)s FROM v.at FOR v.size),
+    where_lit = v.wl, shape_lit = v.sl, shape_side_km = v.side
+FROM unnest(%(id)s::bigint[], %(n)s::int[], %(first)s::bigint[], %(last)s::bigint[],
+            %(callsign)s::text[], %(amin)s::int[], %(amax)s::int[], %(path)s::real[],
+            %(straight)s::real[], %(tort)s::real[], %(turn)s::real[], %(maxd)s::real[],
+            %(at)s::int[], %(size)s::int[], %(wl)s::real[], %(sl)s::real[], %(side)s::real[])
+    AS v(id, n, first, last, callsign, amin, amax, path, straight, tort, turn, maxd, at, size,
+         wl, sl, side)
+WHERE f.id = v.id"""
 
 
-def render(settings: Settings, lat: np.ndarray, lon: np.ndarray
-           ) -> tuple[np.ndarray, float, features.Features]:
-    """Image, shape side (km) and features of one track, in the receiver's frame."""
-    x, y = to_local_km(lat, lon, settings.receiver_lat, settings.receiver_lon)
-    img, side = raster.rasterize_xy(x, y, settings.range_km)
-    return img, side, features.compute_xy(x, y)
+# A query closing flights reads at most this many positions (from the flights' n_positions),
+# which bounds the memory of a pass (~150 bytes a position at the peak) however many flights are
+# due at once (the end of a day's replay), and at most this many flights, which keeps the
+# planner's estimate below jit_above_cost (JIT compiling it costs more than it saves).
+CLOSE_BATCH_POSITIONS = 500_000
+CLOSE_BATCH_FLIGHTS = 2_000
 
+
+def _batches(cur, todo: list[tuple[int, dt.datetime | None]]
+             ) -> list[list[tuple[int, dt.datetime | None]]]:
+    """``todo`` cut into consecutive batches within CLOSE_BATCH_POSITIONS positions and
+    CLOSE_BATCH_FLIGHTS flights (a flight with more positions is a batch of its own)."""
+    cur.execute("SELECT id, n_positions FROM flights WHERE id = ANY(%s)", ([i for i, _ in todo],))
+    sizes = dict(cur.fetchall())
+    out: list[list[tuple[int, dt.datetime | None]]] = [[]]
+    total = 0
+    for item in todo:
+        n = sizes.get(item[0], 0)
+        if out[-1] and (total + n > CLOSE_BATCH_POSITIONS or len(out[-1]) >= CLOSE_BATCH_FLIGHTS):
+            out.append([])
+            total = 0
+        out[-1].append(item)
+        total += n
+    return out
+
+
+def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | None]],
+                 cutoff: dt.datetime | None) -> list[int]:
+    """Close the flights of ``todo``; returns the ids of those without any position left."""
+    cut = "AND p.inserted_at <= %(cutoff)s" if cutoff is not None else ""
+    rows = _copy_rows(cur, cur.mogrify(_CLOSE_SQL.format(cut=cut), {
+        "ids": [i for i, _ in todo], "after": [a for _, a in todo], "cutoff": cutoff}))
+    empty = [_int(r[0]) for r in rows if r[6] is None]         # no rows: array_agg is NULL
+    rows = [r for r in rows if r[6] is not None]
+    if not rows:
+        return empty
+    ids, first, last, amin, amax = ([_int(r[k]) for r in rows] for k in range(5))
+    tracks = [_points(r[6]) for r in rows]
+    offsets = ragged.offsets_of([t.size for t in tracks])
+    n = len(rows)
+    sides, lit, pngs = np.empty(n), np.empty((n, 2)), []
+    feats = {name: np.empty(n) for name in features.NAMES}
+    # A span of flights at a time, so that NumPy's working arrays stay in the CPU's cache.
+    for i, j in ragged.spans(offsets):
+        pts = np.concatenate(tracks[i:j])
+        x, y = to_local_km(pts["lat"], pts["lon"], settings.receiver_lat, settings.receiver_lon)
+        part = offsets[i:j + 1] - offsets[i]
+        images, sides[i:j] = raster.rasterize_many(x, y, part, settings.range_km)
+        lit[i:j] = raster.lit_fractions_many(images)
+        pngs += raster.encode_pngs(images)
+        for name, values in features.compute_many(x, y, part).items():
+            feats[name][i:j] = values
+    size = np.array([len(p) for p in pngs])
+    cur.execute(_FINISH_SQL, {
+        "epoch": _PG_EPOCH, "images": b"".join(pngs),
+        "at": _array(np.cumsum(size) - size + 1), "size": _array(size),
+        "id": _array(ids), "n": _array(np.diff(offsets)), "first": _array(first),
+        "last": _array(last), "callsign": [_text(r[5]) for r in rows],
+        "amin": _array(amin), "amax": _array(amax),
+        "path": _array(feats["path_km"]), "straight": _array(feats["straight_km"]),
+        "tort": _array(feats["tortuosity"]), "turn": _array(feats["turning_deg"]),
+        "maxd": _array(feats["max_distance_km"]), "wl": _array(lit[:, 0]),
+        "sl": _array(lit[:, 1]), "side": _array(sides)})
+    return empty
+
+
+def _array(values) -> str:
+    """A PostgreSQL array literal of numbers (None is NULL)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
+# ---- binary COPY output -------------------------------------------------------------------
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+_POINTS = np.dtype([("size", ">i4"), ("lon", ">f8"), ("lat", ">f8")])
+
+
+def _copy_rows(cur, sql: bytes) -> list[list[memoryview | None]]:
+    """The rows of a ``COPY (...) TO STDOUT WITH (FORMAT binary)``: each field's bytes, or
+    None for NULL."""
+    buf = io.BytesIO()
+    cur.copy_expert(sql, buf)
+    data = buf.getbuffer()
+    if bytes(data[:11]) != _COPY_SIGNATURE:
+        raise ValueError("not PostgreSQL binary COPY output")
+    pos = 19 + struct.unpack_from(">i", data, 15)[0]          # flags, header extension
+    rows = []
+    while True:
+        (n,) = struct.unpack_from(">h", data, pos)
+        pos += 2
+        if n < 0:                                              # the trailer
+            return rows
+        row = []
+        for _ in range(n):
+            (size,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            if size < 0:
+                row.append(None)
+            else:
+                row.append(data[pos:pos + size])
+                pos += size
+        rows.append(row)
+
+
+def _int(field: memoryview | None) -> int | None:
+    return None if field is None else int.from_bytes(field, "big", signed=True)
+
+
+def _text(field: memoryview | None) -> str | None:
+    return None if field is None else str(field, "utf-8")
+
+
+def _timestamp(field: memoryview) -> dt.datetime:
+    return _PG_EPOCH + dt.timedelta(microseconds=int.from_bytes(field, "big", signed=True))
+
+
+def _points(field: memoryview) -> np.ndarray:
+    """A one-dimensional point[] without NULLs (binary): its (size, lon, lat) records."""
+    ndim, has_nulls, _oid, n = struct.unpack_from(">iiii", field, 0)
+    points = np.frombuffer(field, dtype=_POINTS, offset=20)
+    if ndim != 1 or has_nulls or points.size != n or (points["size"] != 16).any():
+        raise ValueError("expected a one-dimensional array of points without NULLs")
+    return points
