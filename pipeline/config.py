@@ -83,7 +83,7 @@ class Settings:
                                      minimum=0, maximum=50)
     train_trim: float = _setting(0.0, "Fraction of highest-error flights of a first fit left out "
                                  "before the final fit (0 = no trimmed refit).", minimum=0, maximum=0.5)
-    flag_mad_k: float = _setting(5.0, "Flag threshold: median + k x MAD of log(1 + score) over the "
+    flag_mad_k: float = _setting(4.0, "Flag threshold: median + k x MAD of log(1 + score) over the "
                                  "flights a model was fitted on; this is k.", minimum=1, maximum=50)
     flag_quantile: float = _setting(0.99, "Floor of the flag threshold: this quantile of the "
                                     "training flights' scores.", minimum=0.5, maximum=0.99999)
