@@ -4,7 +4,7 @@ and loadable, no partial or temporary model file is left, and job_runs says what
 
 The scheduler runs the real ``adsb-pipeline train`` in a child process; to kill it at an exact
 point, the child is started through a few lines that send SIGKILL to itself there (at the end of
-the second epoch, or once the model file is written to its temporary name but not yet renamed).
+the first epoch, or once the model file is written to its temporary name but not yet renamed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _callbacks(*args, **kwargs):
     callbacks, stop = real(*args, **kwargs)
     class Kill(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
+            if epoch == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
     return callbacks + [Kill()], stop
 train._callbacks = _callbacks
