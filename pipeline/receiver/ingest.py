@@ -174,6 +174,12 @@ class _Pipeline:
                ) -> Iterable[tuple[float, bytes]]:
         if self.clock_mode == "wall":
             return [(received, msg) for _, msg in frames]
+        if self.fmt == "beast" and frames:      # every Beast frame carries its counter
+            if self.clock is None:
+                self.clock = CounterClock(received - frames[0][0] / 12e6)
+            out = self.clock.stamp(frames)
+            self._last_t = out[-1][0]
+            return out
         out = []
         for counter, msg in frames:
             if counter is None:          # AVR '*' line: no counter, reuse the latest time
