@@ -166,9 +166,9 @@ class _Pipeline:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        sink = self.decoder.sink
-        if sink.lines:
-            self.writer.put(sink.take(), sink.days)
+        text, rows = self.decoder.take()
+        if rows:
+            self.writer.put(text, rows, self.decoder.days)
 
     def _timed(self, frames: list[tuple[int | None, bytes]], received: float
                ) -> Iterable[tuple[float, bytes]]:
