@@ -3,8 +3,10 @@
 Rows arrive as blocks of COPY text lines (one string and its row count per block). A batch is
 written when ``batch_rows`` rows are waiting or every second, as one ``copy_expert`` call on
 the encoded text. While the database is unreachable rows stay in memory up to
-``buffer_max_rows``; beyond that they spill to journal files in ``ADSB_DATA_DIR/journal``,
-which are loaded (and deleted) once the database answers again, also on the next start.
+``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s doubling up to 30 s;
+new rows do not cut a wait short); beyond that bound they spill to journal files in
+``ADSB_DATA_DIR/journal``, which are loaded (and deleted) once the database answers again, also
+on the next start.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "groundspeed", "track",
            "vertical_rate", "callsign", "on_ground", "receiver_id")
 COPY_SQL = f"COPY positions ({', '.join(COLUMNS)}) FROM STDIN"
+_RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
 
@@ -68,7 +71,9 @@ class PositionWriter:
             self._pending += rows
             if self.oldest_pending is None:
                 self.oldest_pending = time.monotonic()
-            if self._pending >= self.batch_rows:
+            # While the database fails, the writer waits out its backoff: new rows only pile
+            # up (and spill to the journal beyond the bound), they do not bring a retry forward.
+            if self._pending >= self.batch_rows and self._db_ok:
                 self._cond.notify()
             overflow = self._pending > self.buffer_max_rows and not self._db_ok
         if overflow:
@@ -107,7 +112,7 @@ class PositionWriter:
 
     # -- writer thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = 0.5
+        delay = _RETRY_FIRST_S
         self._replay_journal()
         while True:
             with self._cond:
@@ -118,7 +123,7 @@ class PositionWriter:
                 days = set(self._days)
             if chunks:
                 if self._write(chunks, count, days):
-                    delay = 0.5
+                    delay = _RETRY_FIRST_S
                     self._replay_journal()
                 else:
                     with self._cond:
@@ -127,8 +132,10 @@ class PositionWriter:
                         self._pending += count
                     if stopping:
                         return          # close() journals what is left
+                    # Only close() ends this wait early (put() does not notify while failing).
                     with self._cond:
-                        self._cond.wait(delay)
+                        if not self._stop:
+                            self._cond.wait(delay)
                     delay = min(delay * 2, _RETRY_MAX_S)
                     continue
             if stopping and not self._pending:
