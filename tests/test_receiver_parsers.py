@@ -158,3 +158,16 @@ def test_detect_format():
                           + "\n").encode()) == "sbs"
     assert detect_format(b"just some text\nnothing else\n") is None
     assert detect_format(b"") is None
+
+
+def test_counter_clock_stamp_gives_the_times_of_seconds():
+    rng = random.Random(5)
+    near_end = COUNTER_MOD - 2 * COUNTER_HZ
+    batches = [[(rng.randrange(10 ** 12), b"m") for _ in range(50)],           # no wrap possible
+               [(near_end + i * COUNTER_HZ // 4, b"m") for i in range(6)]      # up to the wrap
+               + [(i * COUNTER_HZ // 4, b"m") for i in range(6)],              # and after it
+               [], [(5 * COUNTER_HZ, b"m")]]
+    one_by_one, batched = CounterClock(1633608001.0), CounterClock(1633608001.0)
+    for frames in batches:
+        assert batched.stamp(frames) == [(one_by_one.seconds(c), m) for c, m in frames]
+    assert batched._wraps == one_by_one._wraps == 1

@@ -1,9 +1,12 @@
 """Batched ``COPY positions FROM STDIN`` on a background thread, never losing accepted rows.
 
-Rows arrive as COPY text lines. A batch is written when ``batch_rows`` lines are waiting or
-every second. While the database is unreachable rows stay in memory up to
-``buffer_max_rows``; beyond that they spill to journal files in ``ADSB_DATA_DIR/journal``,
-which are loaded (and deleted) once the database answers again, also on the next start.
+Rows arrive as blocks of COPY text lines (one string and its row count per block). A batch is
+written when ``batch_rows`` rows are waiting or every second, as one ``copy_expert`` call on
+the encoded text. While the database is unreachable rows stay in memory up to
+``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s doubling up to 30 s;
+new rows do not cut a wait short); beyond that bound they spill to journal files in
+``ADSB_DATA_DIR/journal``, which are loaded (and deleted) once the database answers again, also
+on the next start.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 import psycopg2
+import psycopg2.extensions
 import sqlalchemy as sa
 
 from pipeline.db import partitions
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "groundspeed", "track",
            "vertical_rate", "callsign", "on_ground", "receiver_id")
 COPY_SQL = f"COPY positions ({', '.join(COLUMNS)}) FROM STDIN"
+_RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
 
@@ -44,7 +49,7 @@ class PositionWriter:
         self.rows_journaled = 0
         self.write_errors = 0
         self.oldest_pending: float | None = None    # monotonic time the oldest waiting row came
-        self._chunks: deque[list[str]] = deque()
+        self._chunks: deque[tuple[str, int]] = deque()     # (COPY text, rows in it)
         self._pending = 0
         self._days: set[dt.date] = set()
         self._known_days: set[dt.date] = set()
@@ -56,16 +61,19 @@ class PositionWriter:
         self._thread.start()
 
     # -- producer side --------------------------------------------------------------------------
-    def put(self, lines: list[str], days: Iterable[dt.date]) -> None:
-        if not lines:
+    def put(self, text: str, rows: int, days: Iterable[dt.date]) -> None:
+        """Queue ``rows`` COPY text lines (``text``, each ending in a newline) for writing."""
+        if not rows:
             return
         with self._cond:
             self._days.update(days)
-            self._chunks.append(lines)
-            self._pending += len(lines)
+            self._chunks.append((text, rows))
+            self._pending += rows
             if self.oldest_pending is None:
                 self.oldest_pending = time.monotonic()
-            if self._pending >= self.batch_rows:
+            # While the database fails, the writer waits out its backoff: new rows only pile
+            # up (and spill to the journal beyond the bound), they do not bring a retry forward.
+            if self._pending >= self.batch_rows and self._db_ok:
                 self._cond.notify()
             overflow = self._pending > self.buffer_max_rows and not self._db_ok
         if overflow:
@@ -104,7 +112,7 @@ class PositionWriter:
 
     # -- writer thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = 0.5
+        delay = _RETRY_FIRST_S
         self._replay_journal()
         while True:
             with self._cond:
@@ -115,7 +123,7 @@ class PositionWriter:
                 days = set(self._days)
             if chunks:
                 if self._write(chunks, count, days):
-                    delay = 0.5
+                    delay = _RETRY_FIRST_S
                     self._replay_journal()
                 else:
                     with self._cond:
@@ -124,19 +132,21 @@ class PositionWriter:
                         self._pending += count
                     if stopping:
                         return          # close() journals what is left
+                    # Only close() ends this wait early (put() does not notify while failing).
                     with self._cond:
-                        self._cond.wait(delay)
+                        if not self._stop:
+                            self._cond.wait(delay)
                     delay = min(delay * 2, _RETRY_MAX_S)
                     continue
             if stopping and not self._pending:
                 return
 
-    def _take(self) -> tuple[list[list[str]], int]:
+    def _take(self) -> tuple[list[tuple[str, int]], int]:
         chunks, count = [], 0
         while self._chunks and count < self.batch_rows:
             chunk = self._chunks.popleft()
             chunks.append(chunk)
-            count += len(chunk)
+            count += chunk[1]
         self._pending -= count
         if not self._pending:
             self.oldest_pending = None
@@ -155,10 +165,15 @@ class PositionWriter:
             self._known_days |= new
 
     def _copy(self, source) -> None:
+        """COPY from a text file object, or from a string sent in one piece."""
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                cur.copy_expert(COPY_SQL, source)
+                if isinstance(source, str):
+                    data = source.encode(psycopg2.extensions.encodings[conn.encoding])
+                    cur.copy_expert(COPY_SQL, io.BytesIO(data), size=max(len(data), 8192))
+                else:
+                    cur.copy_expert(COPY_SQL, source)
             conn.commit()
         except BaseException:
             try:
@@ -167,10 +182,10 @@ class PositionWriter:
                 conn.close()
             raise
 
-    def _write(self, chunks: list[list[str]], count: int, days: set[dt.date]) -> bool:
+    def _write(self, chunks: list[tuple[str, int]], count: int, days: set[dt.date]) -> bool:
         try:
             self._ensure_partitions(days)
-            self._copy(io.StringIO("".join(line for chunk in chunks for line in chunk)))
+            self._copy("".join([text for text, _ in chunks]))
         except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                 sa.exc.InterfaceError) as exc:
             self.write_errors += 1
@@ -195,7 +210,7 @@ class PositionWriter:
             while self._chunks and self._pending > keep:
                 chunk = self._chunks.popleft()
                 chunks.append(chunk)
-                self._pending -= len(chunk)
+                self._pending -= chunk[1]
             if not self._pending:
                 self.oldest_pending = None
         if not chunks:
@@ -203,10 +218,10 @@ class PositionWriter:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         path = self.journal_dir / f"positions-{time.time_ns()}.copy"
         tmp = path.with_suffix(".tmp")
-        count = sum(len(c) for c in chunks)
+        count = sum(rows for _, rows in chunks)
         with open(tmp, "w", encoding="utf-8") as fh:
-            for chunk in chunks:
-                fh.writelines(chunk)
+            for text, _ in chunks:
+                fh.write(text)
         tmp.rename(path)
         self.rows_journaled += count
         log.error("in-memory buffer limit of %d rows reached while the database is unreachable: "

@@ -166,14 +166,20 @@ class _Pipeline:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        sink = self.decoder.sink
-        if sink.lines:
-            self.writer.put(sink.take(), sink.days)
+        text, rows = self.decoder.take()
+        if rows:
+            self.writer.put(text, rows, self.decoder.days)
 
     def _timed(self, frames: list[tuple[int | None, bytes]], received: float
                ) -> Iterable[tuple[float, bytes]]:
         if self.clock_mode == "wall":
             return [(received, msg) for _, msg in frames]
+        if self.fmt == "beast" and frames:      # every Beast frame carries its counter
+            if self.clock is None:
+                self.clock = CounterClock(received - frames[0][0] / 12e6)
+            out = self.clock.stamp(frames)
+            self._last_t = out[-1][0]
+            return out
         out = []
         for counter, msg in frames:
             if counter is None:          # AVR '*' line: no counter, reuse the latest time

@@ -102,8 +102,10 @@ def test_thirty_second_outage_loses_nothing_and_stores_nothing_twice(private_pg,
         journaled_while_down = stats.rows_journaled
         private_pg.start()
         up_at = time.monotonic()
+        # The writer retries with backoff (0.5 s doubling up to 30 s), so its next attempt can
+        # come up to 30 s after the restart.
         caught_up = wait_for(lambda: stats.writer.database_ok and stats.rows_buffered == 0
-                             and not list(journal.glob("positions-*")), 30)
+                             and not list(journal.glob("positions-*")), 45)
         recovered_s = time.monotonic() - up_at
         server.stop()                                   # freeze the stream
         assert wait_for(lambda: stats.bytes == server.bytes_sent, 10)

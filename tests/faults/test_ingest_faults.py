@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import socket
 import threading
 import time
@@ -47,6 +49,33 @@ def test_database_outage_spills_to_the_journal_and_replays(settings, db_url, tmp
     assert len(rows) == stats.positions
     assert len({(r[1], r[0]) for r in rows}) == len(rows)
     assert not list(journal.glob("positions-*.copy"))
+
+
+def test_outage_retries_follow_the_backoff(tmp_path):
+    """Rows keep coming while the database is unreachable; they pile up (then spill to the
+    journal) but do not bring a retry forward: write attempts follow the 0.5 s doubling
+    backoff instead of one per received chunk."""
+    dead = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_free_port()}/none",
+                            connect_args={"connect_timeout": 2})
+    writer = PositionWriter(dead, tmp_path / "journal", batch_rows=100, buffer_max_rows=5000)
+    line = ("2021-10-07 12:00:01.000000+00\t4ca7b5\t48.8800000\t2.4200000\t35000\t\\N\t\\N\t"
+            "\\N\t\\N\tf\tdefault\n")
+    days = {dt.date(2021, 10, 7)}
+    outage_s, chunk_rows, put, peak_pending = 6.0, 200, 0, 0
+    start = time.monotonic()
+    while time.monotonic() - start < outage_s:      # a received chunk every 20 ms
+        writer.put(line * chunk_rows, chunk_rows, days)
+        put += chunk_rows
+        peak_pending = max(peak_pending, writer.pending)
+        time.sleep(0.02)
+    attempts, journaled_while_down = writer.write_errors, writer.rows_journaled
+    writer.close(timeout_s=10)
+    print(f"\n{outage_s:.0f} s outage, {put // chunk_rows} chunks received: {attempts} write "
+          f"attempts, at most {peak_pending} rows in memory, {journaled_while_down} journaled")
+    # Attempts at 0, 0.5, 1.5, 3.5 s (then 7.5 s): at most log2(T / 0.5) + 2 in T seconds.
+    assert 2 <= attempts <= math.log2(outage_s / 0.5) + 2
+    assert peak_pending <= 5000 + chunk_rows and journaled_while_down > 0
+    assert writer.rows_written == 0 and writer.rows_journaled == put      # nothing dropped
 
 
 def test_receiver_refused_then_silent_then_serving():
