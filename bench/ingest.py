@@ -7,7 +7,8 @@ pyModeS-only (target >= 0.85) and the peak RSS of the end-to-end run (target <= 
     python bench/ingest.py [--db postgresql://postgres@127.0.0.1:5432/postgres] [--bytes N]
 
 A throw-away database is created on the given server and dropped afterwards. Each figure is
-the best of ``--repeat`` runs, so that noise from other processes on the machine counts less.
+the best of ``--repeat`` runs, so that noise from other processes on the machine counts less;
+the runs of the three measurements alternate.
 """
 
 from __future__ import annotations
@@ -126,25 +127,22 @@ def main() -> int:
     path = Path("/tmp/adsb-bench-input.beast")
     path.write_bytes(data)
 
-    n, best = 0, float("inf")
+    # The three measurements take turns, so that a spell of load from other processes weighs
+    # on each of them alike rather than on whichever ran during it.
+    n, framing_best, pymodes_best, results = 0, float("inf"), float("inf"), []
     for _ in range(args.repeat):
         n, s = framing(data)
-        best = min(best, s)
-    framing_rate = n / best
-    n, best = 0, float("inf")
-    for _ in range(args.repeat):
+        framing_best = min(framing_best, s)
         n, s = pymodes_only(data)
-        best = min(best, s)
-    pymodes_rate = n / best
-
-    results = []
-    for _ in range(args.repeat):
+        pymodes_best = min(pymodes_best, s)
         admin, name, url = _database(args.db)
         try:
             results.append(end_to_end(path, url))
         finally:
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.close()
+    framing_rate = n / framing_best
+    pymodes_rate = n / pymodes_best
     e2e = min(results, key=lambda r: r["seconds"])
     e2e_rate = e2e["messages"] / e2e["seconds"]
 
