@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from conftest import SAMPLE_BEAST, need
@@ -160,14 +161,17 @@ def test_detect_format():
     assert detect_format(b"") is None
 
 
-def test_counter_clock_stamp_gives_the_times_of_seconds():
+def test_counter_clock_stamp_array_gives_the_times_of_seconds():
     rng = random.Random(5)
     near_end = COUNTER_MOD - 2 * COUNTER_HZ
-    batches = [[(rng.randrange(10 ** 12), b"m") for _ in range(50)],           # no wrap possible
-               [(near_end + i * COUNTER_HZ // 4, b"m") for i in range(6)]      # up to the wrap
-               + [(i * COUNTER_HZ // 4, b"m") for i in range(6)],              # and after it
-               [], [(5 * COUNTER_HZ, b"m")]]
+    batches = [[rng.randrange(10 ** 12) for _ in range(50)],                   # no wrap possible
+               [near_end + i * COUNTER_HZ // 4 for i in range(6)]              # up to the wrap
+               + [i * COUNTER_HZ // 4 for i in range(6)],                      # and after it
+               [], [5 * COUNTER_HZ], [COUNTER_MOD - 1 - rng.randrange(10 ** 6) for _ in range(9)],
+               sorted(rng.randrange(10 ** 9) for _ in range(50))]                  # wraps again
     one_by_one, batched = CounterClock(1633608001.0), CounterClock(1633608001.0)
-    for frames in batches:
-        assert batched.stamp(frames) == [(one_by_one.seconds(c), m) for c, m in frames]
-    assert batched._wraps == one_by_one._wraps == 1
+    for counters in batches:
+        # Exactly the same floats, not approximately: rows must not depend on chunking.
+        assert batched.stamp_array(np.array(counters, np.int64)) == \
+            [one_by_one.seconds(c) for c in counters]
+    assert batched._wraps == one_by_one._wraps == 2

@@ -7,7 +7,9 @@ twice. COUNTER is a 48-bit big-endian 12 MHz clock.
 
 from __future__ import annotations
 
-import re
+from bisect import bisect_left
+
+import numpy as np
 
 ESC = 0x1A
 _TYPE_BY_LEN = {2: 0x31, 7: 0x32, 14: 0x33}
@@ -26,14 +28,13 @@ def encode_frame(msg: bytes, counter: int, signal: int = 0) -> bytes:
 # Body length (after ESC TYPE, before escaping) by type byte: 6 counter + 1 signal + message.
 _BODY_LEN = {0x31: 7 + 2, 0x32: 7 + 7, 0x33: 7 + 14}
 _BODY_LEN_BY_TYPE = tuple(_BODY_LEN.get(kind, 0) for kind in range(256))
-# Back-to-back Mode-S frames without an escaped byte (most of a stream), and one such frame
-# split into (short counter, short message, long counter, long message), two of them empty.
-_CLEAN_RUN = re.compile(rb"(?:\x1a2[^\x1a]{14}|\x1a3[^\x1a]{21})+")
-_CLEAN_FRAME = re.compile(
-    rb"\x1a(?:2([^\x1a]{6})[^\x1a]([^\x1a]{7})|3([^\x1a]{6})[^\x1a]([^\x1a]{14}))")
+# Whole frame length (ESC TYPE body) by type byte, 0 for anything that is not a frame type.
+_FRAME_LEN = np.array([2 + n if n else 0 for n in _BODY_LEN_BY_TYPE], dtype=np.int64)
+_MODE_AC = 0x31
 _STATUS = 0x34
 # Longest escaped frame: ESC TYPE + every body byte doubled.
 MAX_FRAME_BYTES = 2 + 2 * (7 + 14)
+_COUNTER_AT = np.arange(2, 8)          # counter bytes, from the marker
 
 
 class BeastParser:
@@ -41,6 +42,13 @@ class BeastParser:
 
     The buffer never holds more than one partial frame (``MAX_FRAME_BYTES``), whatever the peer
     sends. Bytes outside frames are counted as garbage and skipped until the next marker.
+
+    Most frames contain no 0x1a byte besides their marker. Those are found and cut out for a
+    whole chunk at once with NumPy: a marker starts such a *clean* frame when its type byte is a
+    frame type and the next 0x1a comes no earlier than the frame's end. Only the other markers
+    (escaped bytes, cut frames, status frames, garbage) are walked one by one, and that walk
+    skips the clean frames it would have found itself, so the result is the same as reading the
+    stream byte by byte.
     """
 
     __slots__ = ("_buf", "frames", "modeac", "status", "truncated", "garbage_bytes")
@@ -60,32 +68,57 @@ class BeastParser:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Frames completed by ``data``: (48-bit counter, raw 7- or 14-byte message)."""
+        counters, messages = self._parse(data, False)
+        return list(zip(counters.tolist(), messages))
+
+    def feed_hex(self, data: bytes) -> tuple[np.ndarray, list[str]]:
+        """The same frames as ``feed()``, as an int64 array of counters and a list of messages
+        in lower-case hex (what the decoder takes), without a Python object per frame for the
+        counters."""
+        return self._parse(data, True)
+
+    def _parse(self, data: bytes, as_hex: bool) -> tuple[np.ndarray, list]:
         buf = self._buf + data if self._buf else bytes(data)
-        out: list[tuple[int, bytes]] = []
-        append = out.append
-        find = buf.find
-        from_bytes = int.from_bytes
-        body_lens = _BODY_LEN_BY_TYPE
-        clean_run, clean_frames = _CLEAN_RUN.match, _CLEAN_FRAME.findall
         n = len(buf)
-        pos = 0
-        start = find(b"\x1a")
+        view = np.frombuffer(buf, np.uint8)
+        marks = np.flatnonzero(view == ESC)
+        m = len(marks)
+        # Type byte after each marker (none after a marker that ends the buffer).
+        kinds = view[np.minimum(marks + 1, n - 1)] if m else marks
+        if m and marks[-1] == n - 1:
+            kinds[-1] = 0
+        lengths = _FRAME_LEN[kinds]
+        ends = marks + lengths
+        following = np.empty(m, np.int64)
+        following[:-1] = marks[1:]
+        if m:
+            following[-1] = n
+        clean = (lengths > 0) & (following >= ends)
+        taken = clean.copy()               # clean frames the stream walk reaches
+
+        marks_l, ends_l = marks.tolist(), ends.tolist()
+        cum = [0]
+        cum += np.cumsum(lengths).tolist()
+        others = np.flatnonzero(~clean).tolist()
+        slow: list[tuple[int, int, bytes]] = []   # (marker index, counter, message)
+        garbage = pos = i = k = 0
+        kept = n                           # start of a partial frame kept for the next call
+        body_lens = _BODY_LEN_BY_TYPE
         while True:
-            if start < 0:
-                self.garbage_bytes += n - pos
-                pos = n
+            while k < len(others) and others[k] < i:
+                k += 1
+            j = others[k] if k < len(others) else m
+            if j > i:                      # clean frames i .. j-1, garbage between them
+                end = ends_l[j - 1]
+                garbage += end - pos - (cum[j] - cum[i])
+                pos = end
+            if j == m:
                 break
-            if start > pos:
-                self.garbage_bytes += start - pos
-            run = clean_run(buf, start)
-            if run is not None:
-                pos = run.end()
-                out += [(from_bytes(c2 or c3, "big"), m2 or m3)
-                        for c2, m2, c3, m3 in clean_frames(buf, start, pos)]
-                start = find(b"\x1a", pos)
-                continue
-            if start + 1 >= n:
-                pos = start
+            start = marks_l[j]
+            garbage += start - pos
+            if start + 1 >= n:             # a marker without its type byte yet
+                kept = pos = start
+                taken[j:] = False
                 break
             kind = buf[start + 1]
             body_len = body_lens[kind]
@@ -96,35 +129,58 @@ class BeastParser:
                     self.status += 1
                     pos = start + 2
                 else:
-                    self.garbage_bytes += 2 if kind == 0x1A else 1
-                    pos = start + (2 if kind == 0x1A else 1)
-                start = find(b"\x1a", pos)
-                continue
-            end = start + 2 + body_len
-            body = buf[start + 2:end]
-            if b"\x1a" in body or end > n:
+                    garbage += 2 if kind == ESC else 1
+                    pos = start + (2 if kind == ESC else 1)
+            else:
                 body, end = self._unescape(buf, start + 2, body_len)
                 if body is None:
                     if end < 0:            # incomplete: wait for more bytes
-                        pos = start
+                        kept = pos = start
+                        taken[j:] = False
                         break
                     self.truncated += 1    # a new frame began inside this one
                     pos = end
-                    start = find(b"\x1a", pos)
-                    continue
-            pos = end
-            start = find(b"\x1a", pos)
-            if kind == 0x31:
-                self.modeac += 1
-                continue
-            append((from_bytes(body[:6], "big"), body[7:]))
-        rest = buf[pos:]
+                else:
+                    pos = end
+                    if kind == _MODE_AC:
+                        self.modeac += 1
+                    else:
+                        slow.append((j, int.from_bytes(body[:6], "big"), body[7:]))
+            # Markers inside what was just consumed are data, not frames.
+            i = bisect_left(marks_l, pos, j + 1)
+            if i > j + 1:
+                taken[j + 1:i] = False
+        if kept == n:
+            garbage += n - pos
+        self.garbage_bytes += garbage
+
+        emit = taken & (kinds != _MODE_AC)
+        self.modeac += int(np.count_nonzero(taken)) - int(np.count_nonzero(emit))
+        index = np.flatnonzero(emit)
+        starts = marks[index]
+        # 48-bit big-endian counters, read as the low six bytes of a big-endian uint64.
+        wide = np.zeros((len(index), 8), np.uint8)
+        wide[:, 2:] = view[starts[:, None] + _COUNTER_AT]
+        counters = wide.view(">u8").ravel().astype(np.int64)
+        first, last = (starts + 9).tolist(), ends[index].tolist()
+        if as_hex:
+            text = buf.hex()
+            messages = [text[2 * a:2 * b] for a, b in zip(first, last)]
+        else:
+            messages = [buf[a:b] for a, b in zip(first, last)]
+        if slow:
+            order = np.argsort(np.concatenate([index, [s[0] for s in slow]]), kind="stable")
+            counters = np.concatenate([counters, [s[1] for s in slow]]).astype(np.int64)[order]
+            messages += [s[2].hex() if as_hex else s[2] for s in slow]
+            messages = [messages[o] for o in order.tolist()]
+
+        rest = buf[kept:]
         if len(rest) > MAX_FRAME_BYTES:    # cannot happen for a partial frame; stay bounded
             self.garbage_bytes += len(rest)
             rest = b""
         self._buf = rest
-        self.frames += len(out)
-        return out
+        self.frames += len(messages)
+        return counters, messages
 
     @staticmethod
     def _unescape(buf: bytes, i: int, length: int) -> tuple[bytes | None, int]:
@@ -167,15 +223,14 @@ class CounterClock:
         self._last = counter
         return self.anchor + (counter + self._wraps * COUNTER_MOD) / COUNTER_HZ
 
-    def stamp(self, frames: list[tuple[int, bytes]]) -> list[tuple[float, bytes]]:
-        """``(seconds(counter), message)`` for each frame, in order: the same values as calling
-        ``seconds()`` frame by frame, in one expression per frame when no wrap can occur."""
-        limit = COUNTER_MOD - self._NEAR
-        if not frames or self._last > limit or max(frames)[0] > limit:
+    def stamp_array(self, counters: np.ndarray) -> list[float]:
+        """``seconds()`` of each counter of an int64 array, in order, as a list. Counters and
+        the offset stay below 2**53, so NumPy's float division gives the same values as
+        Python's division of the integers."""
+        if not len(counters):
+            return []
+        if self._last > COUNTER_MOD - self._NEAR or counters.max() > COUNTER_MOD - self._NEAR:
             seconds = self.seconds
-            return [(seconds(counter), msg) for counter, msg in frames]
-        # Every counter, and the one before the first, is before the last hour of the counter
-        # range: seconds() would count no wrap.
-        anchor, offset = self.anchor, self._wraps * COUNTER_MOD
-        self._last = frames[-1][0]
-        return [(anchor + (counter + offset) / COUNTER_HZ, msg) for counter, msg in frames]
+            return [seconds(counter) for counter in counters.tolist()]
+        self._last = int(counters[-1])
+        return (self.anchor + (counters + self._wraps * COUNTER_MOD) / COUNTER_HZ).tolist()

@@ -155,18 +155,18 @@ class PositionDecoder:
         self._motion_rejected = 0
 
     # -- raw frames ---------------------------------------------------------------------------
-    def feed(self, frames: list[tuple[float, bytes]]) -> None:
-        """Decode (time, message) pairs in order; positions wait for ``take()``."""
+    def feed(self, times: list[float], messages: list[str]) -> None:
+        """Decode messages (hex) received at ``times``, in order; positions wait for
+        ``take()``."""
         decode = self.pipe.decode
         held = self.pipe.held
         aircraft = self._aircraft
         note = self._found.append
         next_sweep = self._next_sweep
-        messages = crc_failures = rejected_altitude = out_of_order = 0
+        crc_failures = rejected_altitude = out_of_order = 0
         try:
-            for t, msg in frames:
-                r = decode(msg.hex(), timestamp=t)
-                messages += 1
+            for t, msg in zip(times, messages):
+                r = decode(msg, timestamp=t)
                 df = r.get("df")
                 if df != 17 and df != 18:
                     continue
@@ -219,7 +219,7 @@ class PositionDecoder:
                     next_sweep = self._next_sweep
         finally:
             counters = self.counters
-            counters.messages += messages
+            counters.messages += len(messages)
             counters.crc_failures += crc_failures
             counters.rejected_altitude += rejected_altitude
             counters.out_of_order += out_of_order

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from pipeline.config import Settings
 from pipeline.receiver.avr import AvrParser
@@ -149,20 +149,25 @@ class _Pipeline:
 
     def process(self, data: bytes, received: float) -> None:
         self.stats.bytes += len(data)
-        self._dispatch(self.stats.parser.feed(data), received)
+        parser = self.stats.parser
+        if self.fmt == "beast":
+            counters, messages = parser.feed_hex(data)
+            self._decode(counters, messages, received)
+        elif self.fmt == "avr":
+            self._avr(parser.feed(data), received)
+        else:
+            self._sbs(parser.feed(data), received)
+        self._hand_over()
 
     def finish(self, received: float) -> None:
         finish = getattr(self.stats.parser, "finish", None)
         if finish is not None:
-            self._dispatch(finish(), received)
+            items = finish()
+            if self.fmt == "avr":
+                self._avr(items, received)
+            else:
+                self._sbs(items, received)
         self.decoder.finish()
-        self._hand_over()
-
-    def _dispatch(self, items: list, received: float) -> None:
-        if self.fmt == "sbs":
-            self._sbs(items, received)
-        else:
-            self.decoder.feed(self._timed(items, received))
         self._hand_over()
 
     def _hand_over(self) -> None:
@@ -170,27 +175,38 @@ class _Pipeline:
         if rows:
             self.writer.put(text, rows, self.decoder.days)
 
-    def _timed(self, frames: list[tuple[int | None, bytes]], received: float
-               ) -> Iterable[tuple[float, bytes]]:
+    def _decode(self, counters, messages: list[str], received: float) -> None:
+        """Beast frames: every one carries the receiver's counter."""
+        if not messages:
+            return
         if self.clock_mode == "wall":
-            return [(received, msg) for _, msg in frames]
-        if self.fmt == "beast" and frames:      # every Beast frame carries its counter
+            times = [received] * len(messages)
+        else:
             if self.clock is None:
-                self.clock = CounterClock(received - frames[0][0] / 12e6)
-            out = self.clock.stamp(frames)
-            self._last_t = out[-1][0]
-            return out
-        out = []
-        for counter, msg in frames:
-            if counter is None:          # AVR '*' line: no counter, reuse the latest time
+                self.clock = CounterClock(received - int(counters[0]) / 12e6)
+            times = self.clock.stamp_array(counters)
+            self._last_t = times[-1]
+        self.decoder.feed(times, messages)
+
+    def _avr(self, frames: list[tuple[int | None, bytes]], received: float) -> None:
+        """AVR lines: '@'/'<' lines carry the counter, '*' lines take the latest time."""
+        if not frames:
+            return
+        messages = [msg.hex() for _, msg in frames]
+        if self.clock_mode == "wall":
+            self.decoder.feed([received] * len(frames), messages)
+            return
+        times = []
+        for counter, _ in frames:
+            if counter is None:
                 t = self._last_t if self._last_t is not None else received
             else:
                 if self.clock is None:
                     self.clock = CounterClock(received - counter / 12e6)
                 t = self.clock.seconds(counter)
             self._last_t = t
-            out.append((t, msg))
-        return out
+            times.append(t)
+        self.decoder.feed(times, messages)
 
     def _sbs(self, records: list, received: float) -> None:
         dec = self.decoder
