@@ -1,13 +1,16 @@
-"""Property-based tests: arbitrary bytes never break the parsers or grow their buffers."""
+"""Property-based tests: arbitrary bytes never break the parsers or grow their buffers; the
+batch versions of framing and position checks agree with their one-at-a-time rules."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from beast_reference import SequentialBeastParser
 from conftest import PARIS_BEAST, SAMPLE_BEAST, need
 from pipeline.receiver.avr import AvrParser
 from pipeline.receiver.beast import MAX_FRAME_BYTES, BeastParser, encode_frame
+from pipeline.receiver.decode import PositionDecoder
 from pipeline.receiver.sbs import SbsParser, format_line
 
 SEED = SAMPLE_BEAST.read_bytes() if SAMPLE_BEAST.exists() else encode_frame(b"\x8d" * 14, 1)
@@ -104,3 +107,44 @@ def test_beast_parser_matches_the_sequential_reading_on_the_paris_capture():
         assert list(zip(counters.tolist(), messages)) == [(c, m.hex()) for c, m in want]
     assert ours.frames == reference.frames > 100_000
     assert (ours.truncated, ours.garbage_bytes) == (reference.truncated, reference.garbage_bytes)
+
+
+# Positions of a few aircraft as a receiver sees them: mostly moving on, sometimes the same
+# frame twice, a jump no aircraft can make, a position beyond range, or an older position
+# released late.
+_step = st.tuples(st.integers(0, 3),
+                  st.sampled_from([1.0, 1.0, 0.5, 0.0, -5.0, 30.0]),
+                  st.sampled_from([(0.01, 0.0), (0.0, 0.01), (0.0, 0.0), (1.0, 1.0),
+                                   (5.0, 0.0), (0.002, -0.003)]))
+
+
+def _noted(steps: list, decoder: PositionDecoder) -> None:
+    where = {k: [1633608001.0, 48.88 + k * 0.1, 2.42] for k in range(4)}
+    for k, dt_s, (dlat, dlon) in steps:
+        w = where[k]
+        w[0] += dt_s
+        w[1] += dlat
+        w[2] += dlon
+        decoder.add_position(f"4ca7b{k}", w[0], w[1], w[2], 35000, False)
+
+
+@FUZZ
+@given(st.lists(st.lists(_step, max_size=40), min_size=1, max_size=4))
+def test_batch_position_checks_match_the_row_by_row_rule(batches):
+    batched, by_row = PositionDecoder(48.88, 2.42, 121.0), PositionDecoder(48.88, 2.42, 121.0)
+    for steps in batches:
+        _noted(steps, batched)
+        _noted(steps, by_row)
+        found, by_row._found = by_row._found, []
+        if not found:
+            continue
+        acs, ts, lats, lons = list(zip(*found))[:4]
+        want = by_row._check_in_order(list(range(len(ts))), acs, ts, lats, lons)
+        found, batched._found = batched._found, []
+        acs, ts, lats, lons = list(zip(*found))[:4]
+        keep, _, _ = batched._check(acs, ts, lats, lons, *map(np.array, (ts, lats, lons)))
+        assert np.flatnonzero(keep).tolist() == want
+        for name in ("rejected_range", "rejected_speed", "duplicates", "aircraft"):
+            assert getattr(batched.counters, name) == getattr(by_row.counters, name), name
+        assert ({k: a.last for k, a in batched._aircraft.items()}
+                == {k: a.last for k, a in by_row._aircraft.items()})

@@ -1,12 +1,13 @@
 """Batched ``COPY positions FROM STDIN`` on a background thread, never losing accepted rows.
 
-Rows arrive as blocks of COPY text lines (one string and its row count per block). A batch is
-written when ``batch_rows`` rows are waiting or every second, as one ``copy_expert`` call on
-the encoded text. While the database is unreachable rows stay in memory up to
-``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s doubling up to 30 s;
-new rows do not cut a wait short); beyond that bound they spill to journal files in
-``ADSB_DATA_DIR/journal``, which are loaded (and deleted) once the database answers again, also
-on the next start.
+Rows arrive as blocks of binary COPY rows (``pipeline.db.rows``; one bytes object, its row
+count and its days per block). A batch is written when ``batch_rows`` rows are waiting or every
+second, as one ``copy_expert`` call. While the database is unreachable rows stay in memory up
+to ``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s doubling up to
+30 s; new rows do not cut a wait short); beyond that bound they spill to journal files in
+``ADSB_DATA_DIR/journal`` (complete binary COPY streams, their days in the file name), which
+are loaded (and deleted) once the database answers again, also on the next start. Text COPY
+journals of earlier versions (``*.copy``) are loaded too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -21,16 +23,17 @@ from pathlib import Path
 from typing import Iterable
 
 import psycopg2
-import psycopg2.extensions
 import sqlalchemy as sa
 
 from pipeline.db import partitions
+from pipeline.db.rows import COPY_SQL, HEADER, TRAILER
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "groundspeed", "track",
-           "vertical_rate", "callsign", "on_ground", "receiver_id")
-COPY_SQL = f"COPY positions ({', '.join(COLUMNS)}) FROM STDIN"
+# Journals written by earlier versions: COPY text lines in this column order.
+_TEXT_COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "groundspeed", "track",
+                 "vertical_rate", "callsign", "on_ground", "receiver_id")
+_TEXT_COPY_SQL = f"COPY positions ({', '.join(_TEXT_COLUMNS)}) FROM STDIN"
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
@@ -49,7 +52,7 @@ class PositionWriter:
         self.rows_journaled = 0
         self.write_errors = 0
         self.oldest_pending: float | None = None    # monotonic time the oldest waiting row came
-        self._chunks: deque[tuple[str, int]] = deque()     # (COPY text, rows in it)
+        self._chunks: deque[tuple[bytes, int, frozenset[dt.date]]] = deque()  # rows, count, days
         self._pending = 0
         self._days: set[dt.date] = set()
         self._known_days: set[dt.date] = set()
@@ -61,13 +64,15 @@ class PositionWriter:
         self._thread.start()
 
     # -- producer side --------------------------------------------------------------------------
-    def put(self, text: str, rows: int, days: Iterable[dt.date]) -> None:
-        """Queue ``rows`` COPY text lines (``text``, each ending in a newline) for writing."""
+    def put(self, data: bytes, rows: int, days: Iterable[dt.date]) -> None:
+        """Queue ``rows`` binary COPY rows (``data``, without header and trailer) whose times
+        fall on ``days`` for writing."""
         if not rows:
             return
+        days = frozenset(days)
         with self._cond:
             self._days.update(days)
-            self._chunks.append((text, rows))
+            self._chunks.append((data, rows, days))
             self._pending += rows
             if self.oldest_pending is None:
                 self.oldest_pending = time.monotonic()
@@ -141,7 +146,7 @@ class PositionWriter:
             if stopping and not self._pending:
                 return
 
-    def _take(self) -> tuple[list[tuple[str, int]], int]:
+    def _take(self) -> tuple[list[tuple[bytes, int, frozenset[dt.date]]], int]:
         chunks, count = [], 0
         while self._chunks and count < self.batch_rows:
             chunk = self._chunks.popleft()
@@ -164,16 +169,15 @@ class PositionWriter:
                 partitions.ensure(conn, new)
             self._known_days |= new
 
-    def _copy(self, source) -> None:
-        """COPY from a text file object, or from a string sent in one piece."""
+    def _copy(self, source, sql: str = COPY_SQL) -> None:
+        """COPY from a file object, or from bytes sent in one piece."""
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                if isinstance(source, str):
-                    data = source.encode(psycopg2.extensions.encodings[conn.encoding])
-                    cur.copy_expert(COPY_SQL, io.BytesIO(data), size=max(len(data), 8192))
+                if isinstance(source, bytes):
+                    cur.copy_expert(sql, io.BytesIO(source), size=max(len(source), 8192))
                 else:
-                    cur.copy_expert(COPY_SQL, source)
+                    cur.copy_expert(sql, source)
             conn.commit()
         except BaseException:
             try:
@@ -182,10 +186,11 @@ class PositionWriter:
                 conn.close()
             raise
 
-    def _write(self, chunks: list[tuple[str, int]], count: int, days: set[dt.date]) -> bool:
+    def _write(self, chunks: list[tuple[bytes, int, frozenset[dt.date]]], count: int,
+               days: set[dt.date]) -> bool:
         try:
             self._ensure_partitions(days)
-            self._copy("".join([text for text, _ in chunks]))
+            self._copy(b"".join([HEADER, *[data for data, _, _ in chunks], TRAILER]))
         except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                 sa.exc.InterfaceError) as exc:
             self.write_errors += 1
@@ -216,12 +221,17 @@ class PositionWriter:
         if not chunks:
             return
         self.journal_dir.mkdir(parents=True, exist_ok=True)
-        path = self.journal_dir / f"positions-{time.time_ns()}.copy"
+        days = sorted(frozenset().union(*[d for _, _, d in chunks]))
+        count = sum(rows for _, rows, _ in chunks)
+        path = self.journal_dir / _journal_file_name(time.time_ns(), count, days)
         tmp = path.with_suffix(".tmp")
-        count = sum(rows for _, rows in chunks)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for text, _ in chunks:
-                fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(HEADER)
+            for data, _, _ in chunks:
+                fh.write(data)
+            fh.write(TRAILER)
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.rename(path)
         self.rows_journaled += count
         log.error("in-memory buffer limit of %d rows reached while the database is unreachable: "
@@ -231,23 +241,46 @@ class PositionWriter:
     def _replay_journal(self) -> None:
         if not self.journal_dir.is_dir():
             return
-        for path in sorted(self.journal_dir.glob("positions-*.copy")):
+        paths = [*self.journal_dir.glob("positions-*.pgcopy"),
+                 *self.journal_dir.glob("positions-*.copy")]
+        for path in sorted(paths, key=lambda p: p.name):
+            binary = path.suffix == ".pgcopy"
             try:
-                days = _days_in(path)
+                if binary:
+                    count, days = _journal_name(path)
+                else:
+                    days = _days_in(path)
+                    count = sum(1 for _ in open(path, encoding="utf-8"))
                 self._ensure_partitions(days)
-                with open(path, encoding="utf-8") as fh:
-                    self._copy(fh)
+                if binary:
+                    with open(path, "rb") as fh:
+                        self._copy(fh)
+                else:
+                    with open(path, encoding="utf-8") as fh:
+                        self._copy(fh, _TEXT_COPY_SQL)
             except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                     sa.exc.InterfaceError):
                 self._conn = None
                 return
-            count = sum(1 for _ in open(path, encoding="utf-8"))
             path.unlink()
             self.rows_written += count
             log.warning("loaded %d journaled rows from %s", count, path)
 
 
+def _journal_file_name(stamp_ns: int, rows: int, days: list[dt.date]) -> str:
+    """``positions-<ns>-<rows>-<YYYYMMDD>_<YYYYMMDD>.pgcopy``: the row count and the days (for
+    the partitions) without reading the binary rows back."""
+    return f"positions-{stamp_ns}-{rows}-{'_'.join(d.strftime('%Y%m%d') for d in days)}.pgcopy"
+
+
+def _journal_name(path: Path) -> tuple[int, set[dt.date]]:
+    """Row count and days of a binary journal file, from its name."""
+    _, _, rows, days = path.stem.split("-")
+    return int(rows), {dt.datetime.strptime(d, "%Y%m%d").date() for d in days.split("_") if d}
+
+
 def _days_in(path: Path) -> set[dt.date]:
+    """Days of a text journal file of an earlier version."""
     days = set()
     with open(path, encoding="utf-8") as fh:
         for line in fh:

@@ -171,9 +171,9 @@ class _Pipeline:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        text, rows = self.decoder.take()
+        data, rows, days = self.decoder.take()
         if rows:
-            self.writer.put(text, rows, self.decoder.days)
+            self.writer.put(data, rows, days)
 
     def _decode(self, counters, messages: list[str], received: float) -> None:
         """Beast frames: every one carries the receiver's counter."""

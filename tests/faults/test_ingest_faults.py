@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from _ingest_support import stored_rows
 from conftest import PARIS_BEAST, PARIS_START, need
 from pipeline.db.writer import PositionWriter
+from pipeline.receiver.decode import PositionDecoder
 from pipeline.receiver.ingest import ingest_file
 from pipeline.receiver.sources import TcpSource
 
@@ -36,19 +37,19 @@ def test_database_outage_spills_to_the_journal_and_replays(settings, db_url, tmp
     assert stats.positions > 3000
     assert writer.rows_written == 0 and writer.write_errors > 0
     assert writer.rows_journaled == stats.positions      # nothing dropped
-    assert list(journal.glob("positions-*.copy"))
+    assert list(journal.glob("positions-*.pgcopy"))
 
     # The database answers again: the next writer loads the journal first.
     good = sa.create_engine(db_url)
     writer = PositionWriter(good, journal)
     deadline = time.monotonic() + 30
-    while list(journal.glob("positions-*.copy")) and time.monotonic() < deadline:
+    while list(journal.glob("positions-*.pgcopy")) and time.monotonic() < deadline:
         time.sleep(0.1)
     writer.close()
     rows = stored_rows(db_url)
     assert len(rows) == stats.positions
     assert len({(r[1], r[0]) for r in rows}) == len(rows)
-    assert not list(journal.glob("positions-*.copy"))
+    assert not list(journal.glob("positions-*.pgcopy"))
 
 
 def test_outage_retries_follow_the_backoff(tmp_path):
@@ -58,13 +59,11 @@ def test_outage_retries_follow_the_backoff(tmp_path):
     dead = sa.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_free_port()}/none",
                             connect_args={"connect_timeout": 2})
     writer = PositionWriter(dead, tmp_path / "journal", batch_rows=100, buffer_max_rows=5000)
-    line = ("2021-10-07 12:00:01.000000+00\t4ca7b5\t48.8800000\t2.4200000\t35000\t\\N\t\\N\t"
-            "\\N\t\\N\tf\tdefault\n")
-    days = {dt.date(2021, 10, 7)}
     outage_s, chunk_rows, put, peak_pending = 6.0, 200, 0, 0
+    rows, days = _rows(chunk_rows)
     start = time.monotonic()
     while time.monotonic() - start < outage_s:      # a received chunk every 20 ms
-        writer.put(line * chunk_rows, chunk_rows, days)
+        writer.put(rows, chunk_rows, days)
         put += chunk_rows
         peak_pending = max(peak_pending, writer.pending)
         time.sleep(0.02)
@@ -76,6 +75,39 @@ def test_outage_retries_follow_the_backoff(tmp_path):
     assert 2 <= attempts <= math.log2(outage_s / 0.5) + 2
     assert peak_pending <= 5000 + chunk_rows and journaled_while_down > 0
     assert writer.rows_written == 0 and writer.rows_journaled == put      # nothing dropped
+
+
+def _rows(n: int, t0: float = 1633608001.0) -> tuple[bytes, set[dt.date]]:
+    """``n`` binary COPY rows of one aircraft flying east, one a second."""
+    decoder = PositionDecoder(48.88, 2.42, 121.0)
+    for i in range(n):
+        decoder.add_position("4ca7b5", t0 + i, 48.88, 2.42 + i * 0.002, 35000, False)
+    data, count, days = decoder.take()
+    assert count == n
+    return data, days
+
+
+def test_text_journal_of_an_earlier_version_is_loaded(db_url, tmp_path):
+    """Journals written as COPY text lines before rows went binary still reach the table."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "positions-1700000000000000000.copy").write_text(
+        "2021-10-07 12:00:01.250000+00\t4ca7b5\t48.8800000\t2.4200000\t35000\t420.00\t"
+        "93.50\t-64\tKLM1023\tf\tdefault\n"
+        "2021-10-07 12:00:02.250000+00\t4ca7b5\t48.8800000\t2.4300000\t\\N\t\\N\t\\N\t"
+        "\\N\t\\N\tf\tdefault\n")
+    writer = PositionWriter(sa.create_engine(db_url), journal)
+    deadline = time.monotonic() + 30
+    while list(journal.glob("positions-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    assert writer.rows_written == 2 and not list(journal.glob("positions-*"))
+    with sa.create_engine(db_url).connect() as conn:
+        got = conn.execute(sa.text(
+            "SELECT extract(epoch FROM time), altitude, groundspeed, callsign FROM positions "
+            "ORDER BY time")).all()
+    assert [(float(t), a, g, c) for t, a, g, c in got] == [
+        (1633608001.25, 35000, 420.0, "KLM1023"), (1633608002.25, None, None, None)]
 
 
 def test_receiver_refused_then_silent_then_serving():
