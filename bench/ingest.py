@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PARIS = ROOT.parent / "shared" / "data" / "paris_2021-10-07.beast"
 START = 1633608001.0
+RECEIVER_LAT, RECEIVER_LON, RANGE_KM = 48.88, 2.42, 121.0     # the data README's receiver
 
 
 def _pin_one_core() -> None:
@@ -65,7 +66,7 @@ def pymodes_only(data: bytes) -> tuple[int, float]:
     from pipeline.receiver.beast import BeastParser
 
     items = [(START + c / 12e6, m.hex()) for c, m in BeastParser().feed(data)]
-    pipe = PipeDecoder(surface_ref=(48.88, 2.42))
+    pipe = PipeDecoder(surface_ref=(RECEIVER_LAT, RECEIVER_LON))
     decode = pipe.decode
     t0 = time.perf_counter()
     for t, hexmsg in items:
@@ -86,7 +87,7 @@ def warm_up(path: str) -> None:
 
     with open(path, "rb") as fh:
         counters, messages = BeastParser().feed_hex(fh.read(65536))
-    decoder = PositionDecoder(48.88, 2.42, 121.0)
+    decoder = PositionDecoder(RECEIVER_LAT, RECEIVER_LON, RANGE_KM)
     decoder.feed(CounterClock(START).stamp_array(counters), messages)
     decoder.finish()
     decoder.take()
@@ -97,7 +98,8 @@ def end_to_end(path: Path, db_url: str) -> dict:
     from pipeline.receiver.ingest import ingest_file
 
     settings = config.load({}, {"database_url": db_url, "data_dir": "/tmp/adsb-bench",
-                                "receiver_lat": 48.88, "receiver_lon": 2.42, "range_km": 121.0})
+                                "receiver_lat": RECEIVER_LAT, "receiver_lon": RECEIVER_LON,
+                                "range_km": RANGE_KM})
     t0 = time.perf_counter()
     stats = ingest_file(settings, path, "beast", START, progress=False)
     return {"messages": stats.messages, "rows": stats.rows_written,

@@ -54,7 +54,6 @@ class PositionWriter:
         self.oldest_pending: float | None = None    # monotonic time the oldest waiting row came
         self._chunks: deque[tuple[bytes, int, frozenset[dt.date]]] = deque()  # rows, count, days
         self._pending = 0
-        self._days: set[dt.date] = set()
         self._known_days: set[dt.date] = set()
         self._cond = threading.Condition()
         self._stop = False
@@ -69,10 +68,8 @@ class PositionWriter:
         fall on ``days`` for writing."""
         if not rows:
             return
-        days = frozenset(days)
         with self._cond:
-            self._days.update(days)
-            self._chunks.append((data, rows, days))
+            self._chunks.append((data, rows, frozenset(days)))
             self._pending += rows
             if self.oldest_pending is None:
                 self.oldest_pending = time.monotonic()
@@ -125,9 +122,8 @@ class PositionWriter:
                     self._cond.wait(self.flush_interval_s)
                 stopping = self._stop
                 chunks, count = self._take()
-                days = set(self._days)
             if chunks:
-                if self._write(chunks, count, days):
+                if self._write(chunks, count):
                     delay = _RETRY_FIRST_S
                     self._replay_journal()
                 else:
@@ -186,10 +182,9 @@ class PositionWriter:
                 conn.close()
             raise
 
-    def _write(self, chunks: list[tuple[bytes, int, frozenset[dt.date]]], count: int,
-               days: set[dt.date]) -> bool:
+    def _write(self, chunks: list[tuple[bytes, int, frozenset[dt.date]]], count: int) -> bool:
         try:
-            self._ensure_partitions(days)
+            self._ensure_partitions(_days_of(chunks))
             self._copy(b"".join([HEADER, *[data for data, _, _ in chunks], TRAILER]))
         except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                 sa.exc.InterfaceError) as exc:
@@ -221,9 +216,8 @@ class PositionWriter:
         if not chunks:
             return
         self.journal_dir.mkdir(parents=True, exist_ok=True)
-        days = sorted(frozenset().union(*[d for _, _, d in chunks]))
         count = sum(rows for _, rows, _ in chunks)
-        path = self.journal_dir / _journal_file_name(time.time_ns(), count, days)
+        path = self.journal_dir / _journal_file_name(time.time_ns(), count, _days_of(chunks))
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             fh.write(HEADER)
@@ -241,23 +235,17 @@ class PositionWriter:
     def _replay_journal(self) -> None:
         if not self.journal_dir.is_dir():
             return
-        paths = [*self.journal_dir.glob("positions-*.pgcopy"),
-                 *self.journal_dir.glob("positions-*.copy")]
-        for path in sorted(paths, key=lambda p: p.name):
-            binary = path.suffix == ".pgcopy"
+        for path in sorted(self.journal_dir.glob("positions-*")):
+            if path.suffix == ".pgcopy":
+                (count, days), sql = _read_journal_name(path), COPY_SQL
+            elif path.suffix == ".copy":
+                (count, days), sql = _read_text_journal(path), _TEXT_COPY_SQL
+            else:
+                continue                # a .tmp file whose write was cut short
             try:
-                if binary:
-                    count, days = _journal_name(path)
-                else:
-                    days = _days_in(path)
-                    count = sum(1 for _ in open(path, encoding="utf-8"))
                 self._ensure_partitions(days)
-                if binary:
-                    with open(path, "rb") as fh:
-                        self._copy(fh)
-                else:
-                    with open(path, encoding="utf-8") as fh:
-                        self._copy(fh, _TEXT_COPY_SQL)
+                with open(path, "rb") as fh:
+                    self._copy(fh, sql)
             except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                     sa.exc.InterfaceError):
                 self._conn = None
@@ -267,22 +255,28 @@ class PositionWriter:
             log.warning("loaded %d journaled rows from %s", count, path)
 
 
-def _journal_file_name(stamp_ns: int, rows: int, days: list[dt.date]) -> str:
+def _days_of(chunks: list[tuple[bytes, int, frozenset[dt.date]]]) -> set[dt.date]:
+    return set().union(*[days for _, _, days in chunks])
+
+
+def _journal_file_name(stamp_ns: int, rows: int, days: set[dt.date]) -> str:
     """``positions-<ns>-<rows>-<YYYYMMDD>_<YYYYMMDD>.pgcopy``: the row count and the days (for
     the partitions) without reading the binary rows back."""
-    return f"positions-{stamp_ns}-{rows}-{'_'.join(d.strftime('%Y%m%d') for d in days)}.pgcopy"
+    return (f"positions-{stamp_ns}-{rows}-"
+            f"{'_'.join(d.strftime('%Y%m%d') for d in sorted(days))}.pgcopy")
 
 
-def _journal_name(path: Path) -> tuple[int, set[dt.date]]:
+def _read_journal_name(path: Path) -> tuple[int, set[dt.date]]:
     """Row count and days of a binary journal file, from its name."""
     _, _, rows, days = path.stem.split("-")
     return int(rows), {dt.datetime.strptime(d, "%Y%m%d").date() for d in days.split("_") if d}
 
 
-def _days_in(path: Path) -> set[dt.date]:
-    """Days of a text journal file of an earlier version."""
-    days = set()
+def _read_text_journal(path: Path) -> tuple[int, set[dt.date]]:
+    """Row count and days of a text journal file of an earlier version (one line a row)."""
+    count, days = 0, set()
     with open(path, encoding="utf-8") as fh:
         for line in fh:
+            count += 1
             days.add(dt.date.fromisoformat(line[:10]))
-    return days
+    return count, days

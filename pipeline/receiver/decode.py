@@ -357,15 +357,15 @@ class PositionDecoder:
             keep[self._check_in_order(rows.tolist(), acs, ts, lats, lons)] = True
         simple = ~in_order[group]
         keep[order[simple]] = True
-        last = np.append(heads[1:], n) - 1          # each aircraft's last row (sorted order)
-        new_aircraft = self.counters.aircraft.add
-        for ac, sure, i, lt, la, lo in zip(aircraft, (~in_order).tolist(), last.tolist(),
-                                           gt[last].tolist(), glat[last].tolist(),
-                                           glon[last].tolist()):
-            if sure:
-                if ac.last is None:
-                    new_aircraft(ac.icao)
-                ac.last = (lt, la, lo)
+        # The other aircraft: their last row (in sorted order) is their new last position.
+        sure = np.flatnonzero(~in_order)
+        last = (np.append(heads[1:], n) - 1)[sure]
+        for g, position in zip(sure.tolist(), zip(gt[last].tolist(), glat[last].tolist(),
+                                                  glon[last].tolist())):
+            ac = aircraft[g]
+            if ac.last is None:
+                self.counters.aircraft.add(ac.icao)
+            ac.last = position
         return keep, row_aircraft, aircraft
 
     def _check_in_order(self, rows: list[int], acs: tuple, ts: tuple, lats: tuple,

@@ -153,22 +153,21 @@ class _Pipeline:
         if self.fmt == "beast":
             counters, messages = parser.feed_hex(data)
             self._decode(counters, messages, received)
-        elif self.fmt == "avr":
-            self._avr(parser.feed(data), received)
         else:
-            self._sbs(parser.feed(data), received)
+            self._lines(parser.feed(data), received)
         self._hand_over()
 
     def finish(self, received: float) -> None:
-        finish = getattr(self.stats.parser, "finish", None)
-        if finish is not None:
-            items = finish()
-            if self.fmt == "avr":
-                self._avr(items, received)
-            else:
-                self._sbs(items, received)
+        if self.fmt != "beast":             # the last line may lack its line break
+            self._lines(self.stats.parser.finish(), received)
         self.decoder.finish()
         self._hand_over()
+
+    def _lines(self, items: list, received: float) -> None:
+        if self.fmt == "avr":
+            self._avr(items, received)
+        else:
+            self._sbs(items, received)
 
     def _hand_over(self) -> None:
         data, rows, days = self.decoder.take()
