@@ -14,7 +14,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import helpers_flights as hf  # noqa: E402  (volume benchmarks draw CSV tracks directly)
+import helpers_flights as hf  # noqa: E402, F401  (re-exported: bench scripts use _data.hf)
 import paris_replay  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
 

@@ -83,15 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score the last ADSB_RESCORE_DAYS with the active model")
     p = command("evaluate", "pipeline.evaluate:command",
                 "rank quality of the active model and baselines against labelled aircraft")
-    p.add_argument("--labels", required=True, help="CSV with columns icao24,label (1 = anomalous)")
+    p.add_argument("--labels", required=True,
+                   help="CSV with columns icao24,label[,kind] (1 = anomalous)")
+    p.add_argument("--train-until", metavar="ISO",
+                   help="judge as deployed: train on flights that ended before this time, judge "
+                        "only those that began at or after it (e.g. 2021-10-07T13:30:00Z)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the training")
     p.add_argument("--out", help="write a flight-level CSV of every score here")
     p = command("simulate", "pipeline.simulate:command",
-                "write synthetic traffic with anomalies as a Beast file and a labels CSV")
+                "write synthetic traffic with anomalies as a Beast file and a labels CSV; "
+                "--days N writes N consecutive days of one site (same corridors; volume, daily "
+                "shape, wind drift and speed, and runway direction vary by day, as at a real "
+                "site) to train on the first days and judge the last")
     p.add_argument("--out", required=True, help="Beast file to write")
-    p.add_argument("--labels", help="labels CSV to write (icao24,label,kind)")
-    p.add_argument("--flights", type=int, default=300, help="number of normal flights")
-    p.add_argument("--anomalies", type=int, default=10, help="number of anomalous flights")
+    p.add_argument("--labels", help="labels CSV to write (icao24,label,kind[,day])")
+    p.add_argument("--flights", type=int, default=300,
+                   help="number of normal flights (with --days > 1: flights on an ordinary "
+                   "weekday, anomalies included)")
+    p.add_argument("--anomalies", type=int, default=10,
+                   help="number of anomalous flights (one day only; see --anomaly-fraction)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--days", type=int, default=1,
+                   help="consecutive days of one site (default 1: one window of 3 hours); "
+                   "tick 0 = 00:00 of day 0, a Monday")
+    p.add_argument("--anomaly-fraction", type=float, default=0.02,
+                   help="share of each day's flights that are anomalous, with --days > 1")
 
     # -- results -----------------------------------------------------------------------------
     p = command("report", "pipeline.report:command",

@@ -81,12 +81,22 @@ class Settings:
                                      "above median + k x MAD of the window (circling and "
                                      "patterns are never learnt as normal); 0 disables.",
                                      minimum=0, maximum=50)
-    train_trim: float = _setting(0.0, "Fraction of highest-error flights of a first fit left out "
-                                 "before the final fit (0 = no trimmed refit).", minimum=0, maximum=0.5)
-    flag_mad_k: float = _setting(4.0, "Flag threshold: median + k x MAD of log(1 + score) over the "
-                                 "flights a model was fitted on; this is k.", minimum=1, maximum=50)
-    flag_quantile: float = _setting(0.99, "Floor of the flag threshold: this quantile of the "
-                                    "training flights' scores.", minimum=0.5, maximum=0.99999)
+    train_screen_min_tortuosity: float = _setting(
+        1.8, "The screen never leaves out a flight below this tortuosity (path / end-to-end "
+        "distance): an ordinary turn or a vectored approach is not a pattern.", minimum=1,
+        maximum=100)
+    train_folds: int = _setting(3, "Cross-fitting folds: each flight of the window is scored by a "
+                                "fold model that never saw it (threshold), and the model is the "
+                                "ensemble of the fold models.", minimum=2, maximum=20)
+    routes_min_hours: float = _setting(
+        20.0, "The where and direction channels raise flags only once the training window spans "
+        "this many hours of traffic: a few hours are too sparse a picture of a site's routes "
+        "(the shape channel flags from the first model on).", minimum=0, maximum=10000)
+    flag_rate: float = _setting(0.01, "Share of ordinary flights to flag: the threshold is the "
+                                "(1 - rate) quantile of the scores of flights the model did not "
+                                "train on. 0.01 = about 1 in 100 ordinary flights, e.g. 10 a day "
+                                "at a site with 1,000 flights a day, plus the real anomalies.",
+                                minimum=0.0001, maximum=0.5)
     rescore_days: float = _setting(1.0, "When a new model becomes active, re-score this many days.",
                                    minimum=0)
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
@@ -136,7 +146,7 @@ def _convert(f: dataclasses.Field, raw: Any) -> Any:
         return None
     conv = _base_type(f)
     try:
-        value = conv(raw) if not isinstance(raw, conv) else raw
+        value = raw if isinstance(conv, type) and isinstance(raw, conv) else conv(raw)
     except (TypeError, ValueError):
         raise ConfigError(env, raw, f"expected {conv.__name__}") from None
     meta = f.metadata

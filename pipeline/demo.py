@@ -71,7 +71,7 @@ def _wait_for_ingest(engine: sa.Engine, until: float, stop: threading.Event) -> 
     last, stable = -1, 0
     while not stop.is_set() and time.monotonic() < until:
         with engine.connect() as c:
-            n = c.execute(sa.text("SELECT count(*) FROM positions")).scalar()
+            n = c.execute(sa.text("SELECT count(*) FROM positions")).scalar_one()
         stable = stable + 1 if n == last else 0
         if stable >= 3:
             return n

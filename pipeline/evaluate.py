@@ -1,19 +1,33 @@
-"""How well do the model's scores rank known anomalies? And is the network earning its keep?
+"""How well do the model's flags work on flights it never saw? And is the network earning its keep?
 
-``adsb-pipeline evaluate --labels FILE.csv`` (columns icao24,label; 1 = anomalous; a flight's
-label is its aircraft's, aircraft not in the file count as normal) prints ROC AUC, average
-precision and precision@k (k = number of anomalous flights) for the model's score, each of its
-channels alone, and honest baselines on the same flights: PCA reconstruction error of the same
-images (each channel, both, and both fitted on the flights the model's screen keeps) and the
-geometric features tortuosity and total turning.
+``adsb-pipeline evaluate --labels FILE.csv --train-until T`` judges the model as it is deployed:
+a candidate is trained exactly as ``train`` does on the flights that ended before T (the last
+``ADSB_TRAIN_DAYS`` of them), nothing is registered, and only flights that began at or after T
+are judged (a flight spanning T is in neither set, so no judged flight was ever trained on). It
+prints, for the combined score and each channel group alone (where, direction, shape): ROC AUC,
+average precision, precision@k (k = number of anomalous judged flights), the ordinary flag rate
+(share of label-0 flights above the threshold), flag precision and recall; the ratio of the
+median reconstruction errors of unseen and seen ordinary flights (the model's gap); and the
+baselines of :mod:`pipeline.baselines` fitted on the same training flights, plus tortuosity and
+turning.
+With a ``kind`` column in the labels, every kind of anomaly is also ranked on its own against
+the ordinary flights (a rotated transit is not a circling flight).
+
+Without ``--train-until`` the active (or given) model is judged on every finished flight, as
+before: figures on flights a model trained on flatter it (see docs/model.md).
+
+Labels: CSV with columns icao24,label[,kind]; 1 = anomalous; a flight's label is its
+aircraft's; aircraft not in the file count as normal.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -21,9 +35,6 @@ import sqlalchemy as sa
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
-
-PCA_COMPONENTS = 16
-
 
 @dataclass
 class Flights:
@@ -34,22 +45,47 @@ class Flights:
     turning_deg: np.ndarray
 
 
-def load_flights(engine: sa.Engine) -> Flights:
-    """Every finished flight with an image."""
+def load_flights(engine: sa.Engine, since: dt.datetime | None = None) -> Flights:
+    """Every finished flight with an image of the current format (that began at or after
+    ``since``)."""
+    from pipeline.flights import raster
     from pipeline.model.data import decode_images
 
     with engine.connect() as conn:
         rows = conn.execute(sa.text("""
             SELECT id, icao24, image, coalesce(tortuosity, 'NaN'), coalesce(turning_deg, 'NaN')
-              FROM flights WHERE state = 'finished' AND image IS NOT NULL ORDER BY id""")).all()
+              FROM flights WHERE state = 'finished' AND image IS NOT NULL
+               AND image_format = :format
+               AND (CAST(:since AS timestamptz) IS NULL OR first_seen >= :since)
+             ORDER BY id"""), {"format": raster.FORMAT, "since": since}).all()
     return Flights(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
-                   decode_images([bytes(r[2]) for r in rows]),
+                   decode_images([bytes(r[2]) for r in rows], raster.NCH),
                    np.array([r[3] for r in rows], float), np.array([r[4] for r in rows], float))
 
 
-def read_labels(path: Path) -> dict[str, int]:
+@dataclass
+class Labels:
+    label: dict[str, int]
+    kind: dict[str, str]
+
+    def of(self, icao24: list[str]) -> np.ndarray:
+        return np.array([self.label.get(a.lower(), 0) for a in icao24], dtype=int)
+
+    def kinds_of(self, icao24: list[str]) -> list[str]:
+        return [self.kind.get(a.lower(), "") for a in icao24]
+
+
+def read_labels(path: Path) -> Labels:
+    """icao24 -> label (and -> kind when the file has a kind column)."""
+    label: dict[str, int] = {}
+    kind: dict[str, str] = {}
     with open(path, newline="") as f:
-        return {row["icao24"].strip().lower(): int(row["label"]) for row in csv.DictReader(f)}
+        for row in csv.DictReader(f):
+            a = row["icao24"].strip().lower()
+            label[a] = max(label.get(a, 0), int(row["label"]))
+            if row.get("kind") and int(row["label"]):
+                kind[a] = row["kind"].strip()
+    return Labels(label, kind)
 
 
 # ---- ranking metrics (numpy; equal to scikit-learn's, see tests) ------------------------------
@@ -81,76 +117,202 @@ def precision_at_k(scores: np.ndarray, y: np.ndarray, k: int | None = None) -> f
     return float((y[top] == 1).mean())
 
 
-# ---- baselines ----------------------------------------------------------------------------
-def pca_errors(x: np.ndarray, fit_mask: np.ndarray | None = None,
-               components: int = PCA_COMPONENTS) -> np.ndarray:
-    """Squared reconstruction error of every row of ``x`` under a PCA fitted on ``fit_mask``."""
-    x = x.reshape(len(x), -1).astype(np.float64)
-    fit = x if fit_mask is None else x[fit_mask]
-    mean = fit.mean(axis=0)
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:components]
-    centred = x - mean
-    recon = centred @ basis.T @ basis
-    return ((centred - recon) ** 2).mean(axis=1)
+# ---- flag metrics ---------------------------------------------------------------------------
+def flag_figures(scores: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(ordinary flag rate, flag precision, flag recall) of ``scores > threshold``."""
+    flag = np.nan_to_num(scores, nan=-np.inf) > threshold
+    rate = float(flag[y == 0].mean()) if (y == 0).any() else float("nan")
+    precision = float((y[flag] == 1).mean()) if flag.any() else float("nan")
+    recall = float(flag[y == 1].mean()) if (y == 1).any() else float("nan")
+    return rate, precision, recall
 
 
-def pca_robust(x: np.ndarray, keep: np.ndarray, trim: float) -> np.ndarray:
-    """PCA fitted like the model: on the flights its screen keeps, and, when the model trims,
-    refitted without the highest-error fraction of them."""
-    first = pca_errors(x, keep)
-    if trim > 0:
-        keep = keep & (first <= np.quantile(first[keep], 1 - trim))
-        return pca_errors(x, keep)
-    return first
+@dataclass
+class Row:
+    name: str
+    auc: float
+    ap: float
+    pk: float
+    flag_rate: float = float("nan")
+    precision: float = float("nan")
+    recall: float = float("nan")
 
 
-def _screened(tortuosity: np.ndarray, k: float) -> np.ndarray:
-    from pipeline.model.train import tortuous
+@dataclass
+class Report:
+    rows: list[Row]
+    columns: dict[str, np.ndarray]          # per judged flight
+    y: np.ndarray
+    flights: Flights
+    version: str
+    threshold: float
+    n_train: int = 0
+    median_ratio: float = float("nan")      # unseen / seen ordinary flights' median error
+    medians: tuple[float, float] = (float("nan"), float("nan"))
+    by_kind: dict[str, list[Row]] | None = None
+    train_until: dt.datetime | None = None
 
-    return tortuous(tortuosity, k)[0] if k > 0 else np.zeros(len(tortuosity), bool)
+
+def _rows(columns: dict[str, np.ndarray], y: np.ndarray, threshold: float | None,
+          flagged: tuple[str, ...]) -> list[Row]:
+    out = []
+    for name, s in columns.items():
+        row = Row(name, roc_auc(s, y), average_precision(s, y), precision_at_k(s, y))
+        if threshold is not None and name in flagged:
+            row.flag_rate, row.precision, row.recall = flag_figures(s, y, threshold)
+        out.append(row)
+    return out
 
 
-# ---- the evaluation -----------------------------------------------------------------------
-def model_scores(engine: sa.Engine, images: np.ndarray, model_id: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(score, normalised channel scores (n, 2), version) of the active (or given) model,
-    computed exactly as the scorer does."""
+def _model_columns(group_scores: np.ndarray, names: tuple[str, ...], normaliser
+                   ) -> dict[str, np.ndarray]:
+    cols = {"model": normaliser.combine(group_scores)}
+    cols.update({f"model_{g}": group_scores[:, i] for i, g in enumerate(names)})
+    return cols
+
+
+def _baseline_columns(train_images: np.ndarray, f: Flights) -> dict[str, np.ndarray]:
+    from pipeline import baselines
+
+    cols = {name: baselines.BASELINES[name](train_images, f.images)
+            for name in baselines.available(f.images.shape[-1])}
+    cols["tortuosity"] = f.tortuosity
+    cols["turning_deg"] = f.turning_deg
+    return cols
+
+
+def _by_kind(columns: dict[str, np.ndarray], y: np.ndarray, kinds: list[str]
+             ) -> dict[str, list[Row]]:
+    """Each kind of anomaly ranked alone against the ordinary flights."""
+    out = {}
+    for kind in sorted({k for k, label in zip(kinds, y) if label == 1 and k}):
+        mask = (y == 0) | np.array([k == kind for k in kinds])
+        out[kind] = _rows({n: s[mask] for n, s in columns.items()}, y[mask], None, ())
+    return out
+
+
+def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
+                   train_until: dt.datetime, *, seed: int = 0, plain: bool = False,
+                   **fit_options: Any) -> Report:
+    """Train on the flights that ended before ``train_until`` as ``train`` would (nothing is
+    registered), judge the flights that began at or after it. ``fit_options`` go to
+    ``train.fit_candidate`` (benchmarks of one lever at a time)."""
+    from pipeline.model import data, errors, train
+
+    window = data.load_window(engine, settings, None, until=train_until)
+    if len(window.ids) < settings.train_min_flights:
+        raise RuntimeError(f"only {len(window.ids)} finished flights before {_when(train_until)}; "
+                           f"at least {settings.train_min_flights} are needed "
+                           f"(ADSB_TRAIN_MIN_FLIGHTS)")
+    f = load_flights(engine, since=train_until)
+    if not len(f.ids):
+        raise RuntimeError(f"no finished flight began at or after {_when(train_until)}: "
+                           "nothing to judge")
+    assert not set(f.ids.tolist()) & set(window.ids.tolist()), "a judged flight was trained on"
+    cand = train.fit_candidate(window, settings, seed=seed, plain=plain, **fit_options)
+    names = errors.groups(f.images.shape[-1])
+    judged_errs = errors.group_errors(errors.errors_of(cand.model, f.images))
+    judged = cand.normaliser.channels(judged_errs)
+    kept = window.images[cand.keep]
+    seen_errs = errors.group_errors(errors.errors_of(cand.model, kept))
+    y = labels.of(f.icao24)
+    seen_y = labels.of([window.icao24[i] for i in np.flatnonzero(cand.keep)])
+    model_cols = _model_columns(judged, names, cand.normaliser)
+    columns = {**model_cols, **_baseline_columns(kept, f)}
+    rows = _rows(columns, y, cand.threshold, tuple(model_cols))
+    # The gap between seen and unseen flights, on the reconstruction error itself (the mean of
+    # the group errors, the loss): the normalised score is centred on unseen flights, so a ratio
+    # of its medians would mean nothing.
+    med_unseen = float(np.median(judged_errs[y == 0].mean(axis=1))) if (y == 0).any() \
+        else float("nan")
+    med_seen = float(np.median(seen_errs[seen_y == 0].mean(axis=1))) if (seen_y == 0).any() \
+        else float("nan")
+    return Report(rows, columns, y, f, f"candidate trained on flights before {_when(train_until)}",
+                  cand.threshold, int(cand.keep.sum()),
+                  med_unseen / med_seen if med_seen > 0 else float("nan"),
+                  (med_unseen, med_seen), _by_kind(columns, y, labels.kinds_of(f.icao24)),
+                  train_until)
+
+
+def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
+             model_id: int | None = None, flights: Flights | None = None,
+             since: dt.datetime | None = None) -> Report:
+    """The active (or given) model judged on every finished flight, the baselines fitted on
+    them all; with ``since``, only flights that began at or after it are judged and the
+    baselines are fitted on the flights that ended before it (a registered model judged on a
+    later period than its training window)."""
     from pipeline.model import errors, registry
 
+    if isinstance(labels, dict):
+        labels = Labels(labels, {})
+    f = flights or load_flights(engine, since=since)
     with engine.connect() as conn:
         row = registry.get(conn, model_id) if model_id else registry.active(conn)
     if row is None:
         raise RuntimeError("no active model: train one first (adsb-pipeline train)")
     model = registry.load_model(row)
-    errs = errors.errors_of(model, images, row.params.get("loss", errors.DEFAULT_LOSS),
+    errs = errors.errors_of(model, f.images, row.params.get("loss", errors.DEFAULT_LOSS),
                             row.params.get("pos_weight", errors.POS_WEIGHT))
-    ch = errors.Normaliser.from_json(row.params["normaliser"]).channels(errs)
-    return ch.max(axis=1), ch, row.version
+    norm = errors.Normaliser.from_json(row.params["normaliser"])
+    ch = norm.channels(errors.group_errors(errs))
+    y = labels.of(f.icao24)
+    model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
+    fit_images = f.images if since is None else _before(engine, since)
+    columns = {**model_cols, **_baseline_columns(fit_images, f)}
+    return Report(_rows(columns, y, row.threshold, tuple(model_cols)), columns, y, f, row.version,
+                  row.threshold, by_kind=_by_kind(columns, y, labels.kinds_of(f.icao24)),
+                  train_until=since)
 
 
-def evaluate(engine: sa.Engine, labels: dict[str, int], *, trim: float = 0.0,
-             screen_k: float = 3.0, model_id: int | None = None, flights: Flights | None = None):
-    """(table rows [(name, auc, ap, p@k)], per-flight columns dict, labels array, version)."""
-    f = flights or load_flights(engine)
-    y = np.array([labels.get(a.lower(), 0) for a in f.icao24], dtype=int)
-    score, ch, version = model_scores(engine, f.images, model_id)
-    columns = {
-        "model": score, "model_where": ch[:, 0], "model_shape": ch[:, 1],
-        "pca_where": pca_errors(f.images[..., 0]), "pca_shape": pca_errors(f.images[..., 1]),
-        "pca_both": pca_errors(f.images),
-        "pca_both_robust": pca_robust(f.images, ~_screened(f.tortuosity, screen_k), trim),
-        "tortuosity": f.tortuosity, "turning_deg": f.turning_deg,
-    }
-    rows = [(name, roc_auc(s, y), average_precision(s, y), precision_at_k(s, y))
-            for name, s in columns.items()]
-    return rows, columns, y, f, version
+def _before(engine: sa.Engine, until: dt.datetime) -> np.ndarray:
+    """Images of the finished flights that ended before ``until`` (baselines' training set)."""
+    from pipeline.flights import raster
+    from pipeline.model.data import decode_images
+
+    with engine.connect() as conn:
+        blobs = conn.execute(sa.text(
+            "SELECT image FROM flights WHERE state = 'finished' AND image IS NOT NULL "
+            "AND image_format = :f AND last_seen < :t ORDER BY id"),
+            {"f": raster.FORMAT, "t": until}).scalars().all()
+    return decode_images([bytes(b) for b in blobs], raster.NCH)
 
 
-def format_table(rows, n_flights: int, n_anomalous: int, version: str) -> str:
-    lines = [f"{n_flights} flights, {n_anomalous} anomalous; model {version}",
-             f"{'scores':<18} {'ROC AUC':>8} {'avg prec':>8} {'prec@k':>8}"]
-    lines += [f"{name:<18} {auc:8.3f} {ap:8.3f} {pk:8.3f}" for name, auc, ap, pk in rows]
+def _when(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:8.3f}" if np.isfinite(v) else f"{'-':>8}"
+
+
+def _table(rows: list[Row]) -> list[str]:
+    lines = [f"{'scores':<18} {'ROC AUC':>8} {'avg prec':>8} {'prec@k':>8} {'ord flag':>8} "
+             f"{'flag P':>8} {'flag R':>8}"]
+    lines += [f"{r.name:<18} {_fmt(r.auc)} {_fmt(r.ap)} {_fmt(r.pk)} {_fmt(r.flag_rate)} "
+              f"{_fmt(r.precision)} {_fmt(r.recall)}" for r in rows]
+    return lines
+
+
+def format_report(r: Report) -> str:
+    n1 = int(r.y.sum())
+    lines = [f"{len(r.y)} flights judged, {n1} anomalous; model {r.version}; threshold "
+             f"{r.threshold:.3f}"]
+    if r.train_until is not None and r.n_train:
+        lines.append(f"trained on {r.n_train} flights that ended before {_when(r.train_until)}; "
+                     "judged: flights that began at or after it (none trained on)")
+        lines.append(f"median reconstruction error of ordinary flights: unseen "
+                     f"{r.medians[0]:.5f}, seen {r.medians[1]:.5f}, ratio {r.median_ratio:.2f}")
+    elif r.train_until is not None:
+        lines.append(f"judged: flights that began at or after {_when(r.train_until)}; baselines "
+                     "fitted on those that ended before it")
+    lines += _table(r.rows)
+    best = max((row for row in r.rows if not row.name.startswith("model")),
+               key=lambda row: np.nan_to_num(row.auc), default=None)
+    if best is not None:
+        lines.append(f"best baseline by ROC AUC: {best.name} ({best.auc:.3f})")
+    for kind, rows in (r.by_kind or {}).items():
+        lines.append(f"\n{kind} only (against the ordinary flights):")
+        lines += _table(rows)
     return "\n".join(lines)
 
 
@@ -164,23 +326,28 @@ def write_flights_csv(path: Path, f: Flights, y: np.ndarray, columns: dict) -> N
 
 
 def command(settings: Settings, args) -> int:
-    """``adsb-pipeline evaluate --labels CSV [--out CSV]``."""
+    """``adsb-pipeline evaluate --labels CSV [--train-until ISO] [--seed N] [--out CSV]``."""
     from pipeline.db.engine import make_engine
 
     engine = make_engine(settings)
     labels = read_labels(Path(args.labels))
     try:
-        rows, columns, y, f, version = evaluate(engine, labels, trim=settings.train_trim,
-                                                screen_k=settings.train_screen_k)
+        if args.train_until:
+            until = dt.datetime.fromisoformat(args.train_until.replace("Z", "+00:00"))
+            if until.tzinfo is None:
+                until = until.replace(tzinfo=dt.timezone.utc)
+            report = evaluate_split(engine, settings, labels, until, seed=args.seed)
+        else:
+            report = evaluate(engine, labels)
     except RuntimeError as e:
         log.error("%s", e)
         return 1
-    if y.sum() == 0:
-        log.error("none of the %d flights belongs to an aircraft labelled 1 in %s",
-                  len(y), args.labels)
+    if report.y.sum() == 0:
+        log.error("none of the %d judged flights belongs to an aircraft labelled 1 in %s",
+                  len(report.y), args.labels)
         return 1
-    print(format_table(rows, len(y), int(y.sum()), version))
+    print(format_report(report))
     if args.out:
-        write_flights_csv(Path(args.out), f, y, columns)
+        write_flights_csv(Path(args.out), report.flights, report.y, report.columns)
         print(f"flight-level scores -> {args.out}")
     return 0

@@ -8,13 +8,15 @@ the rasterizer projects millions of points a day.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 EARTH_RADIUS_KM = 6371.0088
 
 
-def to_local_km(lat: np.ndarray, lon: np.ndarray, ref_lat: float, ref_lon: float
+def to_local_km(lat: ArrayLike, lon: ArrayLike, ref_lat: float, ref_lon: float
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(east, north) in km of WGS84 points relative to (ref_lat, ref_lon)."""
+    """(east, north) in km of WGS84 points (arrays or single coordinates) relative to
+    (ref_lat, ref_lon)."""
     k = np.pi / 180.0 * EARTH_RADIUS_KM
     dlon = (np.asarray(lon, dtype=np.float64) - ref_lon + 180.0) % 360.0 - 180.0
     x = dlon * (k * np.cos(np.radians(ref_lat)))

@@ -54,7 +54,7 @@ class DatabaseCollector:
         up = GaugeMetricFamily("adsb_database_up", "1 if the database answered the last scrape")
         try:
             with self._engine.connect() as c:
-                rows = dict(c.execute(sa.text(
+                rows: dict[str, int] = dict(c.execute(sa.text(
                     "SELECT state, count(*) FROM flights GROUP BY state")).all())
                 jobs = c.execute(sa.text(
                     "SELECT job, coalesce(last_seconds, 0), runs, failures, "

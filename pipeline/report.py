@@ -1,8 +1,11 @@
 """``adsb-pipeline report``: an HTML page of the flagged flights, with what the model saw.
 
 For each flagged flight (the top N by score whose last position lies within ``--since`` of the
-data clock) one PNG shows, for both channels, the stored track image, the model's
-reconstruction and the per-pixel error |original - reconstruction| side by side. All three are
+data clock) one PNG shows, for each channel group (where, direction, shape), the stored track
+image, the model's reconstruction and the per-pixel error |original - reconstruction| side by
+side. The 8 direction channels are drawn as one picture, each pixel in the colour of its heading
+(compass legend). The group that carried the flag is named, and the pixel of its largest error
+is ringed. All three are
 drawn on one fixed 0..1 scale with a legend: rescaling each picture to its own range would make
 a washed-out 0.3 reconstruction look as crisp as a perfect one and hide exactly what the score
 measures.
@@ -26,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.config import Settings
 from pipeline.db import schema
 from pipeline.db.engine import make_engine
-from pipeline.flights import raster
+from pipeline.flights import raster, show
 from pipeline.flights.clock import data_clock
 
 log = logging.getLogger(__name__)
@@ -35,13 +38,15 @@ log = logging.getLogger(__name__)
 ZOOM = 4                                  # 64 px -> 256 px panels
 PANEL = raster.SIZE * ZOOM
 GAP = 12
-ROW_LABEL_W = 64
+ROW_LABEL_W = 84                          # fits "direction *"
 HEADER_H = 24
 LEGEND_H = 44
 COLUMNS = ("original", "reconstruction", "error |original - reconstruction|")
-ROWS = raster.CHANNELS                    # ("where", "shape")
+ROWS = ("where", "direction", "shape")     # format 1 images have no direction row
 WIDTH = ROW_LABEL_W + len(COLUMNS) * PANEL + (len(COLUMNS) - 1) * GAP
-HEIGHT = HEADER_H + len(ROWS) * PANEL + (len(ROWS) - 1) * GAP + LEGEND_H
+COMPASS_H = 24                            # the direction legend under the other two
+HEIGHT = HEADER_H + len(ROWS) * PANEL + (len(ROWS) - 1) * GAP + LEGEND_H + COMPASS_H
+COMPASS, SECTOR_RGB = show.COMPASS, show.SECTOR_RGB
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 
@@ -72,6 +77,10 @@ class FlaggedFlight:
     model_version: str | None
     where_score: float | None
     shape_score: float | None
+    direction_score: float | None
+    channel: str | None
+    error_row: int | None
+    error_col: int | None
     image: bytes | None
     reconstruction: bytes | None
 
@@ -91,7 +100,9 @@ def fetch(conn: sa.Connection, since: dt.timedelta, top: int,
     clock = clock or data_clock(conn)
     v, f, s = schema.flagged_flights, schema.flights, schema.flight_scores
     query = (
-        sa.select(*v.c, s.c.where_score, s.c.shape_score, f.c.image, s.c.reconstruction)
+        sa.select(*[c for c in v.c if c.name != "channel"], s.c.where_score, s.c.shape_score,
+                  s.c.direction_score, s.c.channel, s.c.error_row, s.c.error_col, f.c.image,
+                  s.c.reconstruction)
         .join(f, f.c.id == v.c.flight_id)
         .outerjoin(s, sa.and_(s.c.flight_id == f.c.id, s.c.model_id == f.c.model_id))
         .where(v.c.last_seen > clock - since, v.c.last_seen <= clock)
@@ -104,11 +115,35 @@ def fetch(conn: sa.Connection, since: dt.timedelta, top: int,
 
 # ---- pictures ----------------------------------------------------------------------------------
 def decode_reconstruction(data: bytes) -> np.ndarray:
-    """flight_scores.reconstruction (8-bit grey PNG 128x64, where | shape) -> (64, 64, 2) 0..1."""
+    """flight_scores.reconstruction (8-bit grey PNG (64*C)x64, channels side by side) ->
+    (64, 64, C) 0..1."""
     arr = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64) / 255.0
-    if arr.shape != (raster.SIZE, 2 * raster.SIZE):
-        raise ValueError(f"stored reconstruction has shape {arr.shape}, expected (64, 128)")
-    return np.stack([arr[:, :raster.SIZE], arr[:, raster.SIZE:]], axis=-1)
+    if arr.shape[0] != raster.SIZE or arr.shape[1] % raster.SIZE:
+        raise ValueError(f"stored reconstruction has shape {arr.shape}, expected (64, 64 * C)")
+    c = arr.shape[1] // raster.SIZE
+    return np.stack([arr[:, k * raster.SIZE:(k + 1) * raster.SIZE] for k in range(c)], axis=-1)
+
+
+compass = show.compass
+
+
+def row_panels(original: np.ndarray, reconstruction: np.ndarray | None, name: str
+               ) -> list[np.ndarray]:
+    """RGB panels (original, reconstruction, error) of one channel group."""
+    if name == "direction":
+        orig = original[:, :, raster.DIRECTION].astype(np.float64)
+        panels = [compass(orig)]
+        if reconstruction is not None:
+            rec = reconstruction[:, :, raster.DIRECTION]
+            panels += [compass(rec), heat(np.abs(orig - rec).max(axis=-1))]
+        return panels
+    k = raster.WHERE if name == "where" else raster.SHAPE
+    orig = original[:, :, k].astype(np.float64)
+    panels = [grey(orig)]
+    if reconstruction is not None:
+        rec = reconstruction[:, :, k]
+        panels += [grey(rec), heat(np.abs(orig - rec))]
+    return panels
 
 
 def grey(values: np.ndarray) -> np.ndarray:
@@ -131,7 +166,7 @@ def panel_box(row: int, col: int) -> tuple[int, int, int, int]:
     return x, y, x + PANEL, y + PANEL
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -153,32 +188,53 @@ def _legend(draw: ImageDraw.ImageDraw, canvas: Image.Image, x: int, y: int, widt
     draw.text((x + width + 8, y + 5), title, fill=INK, font=font, anchor="lm")
 
 
-def render_flight(original: np.ndarray, reconstruction: np.ndarray | None) -> Image.Image:
-    """The picture of one flight: rows where/shape, columns original/reconstruction/error."""
-    canvas = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
+def render_flight(original: np.ndarray, reconstruction: np.ndarray | None,
+                  channel: str | None = None, error_pixel: tuple[int, int] | None = None
+                  ) -> Image.Image:
+    """The picture of one flight: rows where/direction/shape (where/shape for images of
+    format 1), columns original/reconstruction/error; the row of ``channel`` is marked and its
+    ``error_pixel`` (row, col) ringed on every panel of that row."""
+    rows = ROWS if original.shape[-1] > 2 else ("where", "shape")
+    height = HEIGHT if len(rows) == 3 else HEADER_H + 2 * PANEL + GAP + LEGEND_H
+    canvas = Image.new("RGB", (WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = _font(14)
     for col, name in enumerate(COLUMNS):
         left, _, right, _ = panel_box(0, col)
         draw.text(((left + right) // 2, HEADER_H // 2), name, fill=INK, font=font, anchor="mm")
-    for row, channel in enumerate(ROWS):
+    for row, name in enumerate(rows):
         left, top, _, bottom = panel_box(row, 0)
-        draw.text((left - 8, (top + bottom) // 2), channel, fill=INK, font=font, anchor="rm")
-        orig = original[:, :, row].astype(np.float64)
-        panels = [grey(orig)]
-        if reconstruction is not None:
-            rec = reconstruction[:, :, row]
-            panels += [grey(rec), heat(np.abs(orig - rec))]
-        for col, rgb in enumerate(panels):
+        label = f"{name} *" if name == channel else name
+        draw.text((left - 8, (top + bottom) // 2), label, fill=(200, 0, 0) if name == channel
+                  else INK, font=font, anchor="rm")
+        for col, rgb in enumerate(row_panels(original, reconstruction, name)):
             canvas.paste(_enlarge(rgb), panel_box(row, col)[:2])
+            if name == channel and error_pixel is not None:
+                px, py, _, _ = panel_box(row, col)
+                cy = py + error_pixel[0] * ZOOM + ZOOM // 2
+                cx = px + error_pixel[1] * ZOOM + ZOOM // 2
+                draw.ellipse((cx - 12, cy - 12, cx + 12, cy + 12), outline=(0, 200, 255), width=2)
         if reconstruction is None:
-            l, t, r, b = panel_box(row, 1)
-            draw.text((l + PANEL // 2, (t + b) // 2), "no reconstruction stored", fill=INK,
+            left, t, _, b = panel_box(row, 1)
+            draw.text((left + PANEL // 2, (t + b) // 2), "no reconstruction stored", fill=INK,
                       font=font, anchor="mm")
-    y = HEIGHT - LEGEND_H + 10
+    y = HEADER_H + len(rows) * (PANEL + GAP) + 4
     ramp = np.linspace(0.0, 1.0, 200)
     _legend(draw, canvas, ROW_LABEL_W, y, 200, grey(ramp), "original, reconstruction")
     _legend(draw, canvas, ROW_LABEL_W + PANEL * 2 + GAP * 2, y, 200, heat(ramp), "error")
+    if len(rows) == 3:
+        small = _font(11)
+        x = ROW_LABEL_W
+        draw.text((x, y + 38), "direction of travel:", fill=INK, font=small, anchor="lm")
+        x += 120
+        for k, label in enumerate(COMPASS):
+            colour = tuple(int(v) for v in SECTOR_RGB[k])
+            draw.rectangle((x, y + 32, x + 12, y + 44), fill=colour, outline=INK)
+            draw.text((x + 16, y + 38), label, fill=INK, font=small, anchor="lm")
+            x += 48
+    if channel is not None:
+        draw.text((WIDTH - 4, y + 38), f"* carried the flag ({channel})", fill=(200, 0, 0),
+                  font=_font(11), anchor="rm")
     return canvas
 
 
@@ -210,13 +266,42 @@ def _num(value: object) -> str:
     return str(value)
 
 
-def _section(rank: int, fl: FlaggedFlight, picture: str | None, problem: str | None) -> str:
+_WHY = {"where": "where: it used airspace the site's traffic does not use",
+        "direction": "direction: it crossed the site's airspace in a direction its traffic "
+                     "does not fly",
+        "shape": "shape: its own track (circling, a pattern) is unlike the others"}
+
+
+def _why(fl: FlaggedFlight) -> str:
+    text = _WHY.get(fl.channel or "", "–")
+    if fl.channel in ("where", "direction") and fl.error_row is not None:
+        return f"{text}; largest error at {_place(fl.error_row, fl.error_col)}"
+    return text
+
+
+# The fixed frame's scale, for saying where an error lies; set by ``write`` from the settings.
+_RANGE_KM = [121.0]
+
+
+def _place(row: int, col: int | None) -> str:
+    """A fixed-frame pixel as distance and bearing from the receiver."""
+    half = raster.SIZE / 2 - 0.5
+    km = 2 * _RANGE_KM[0] / raster.SIZE
+    x, y = (float(col or 0) - half) * km, (half - row) * km
+    bearing = float(np.degrees(np.arctan2(x, y)) % 360)
+    return f"{np.hypot(x, y):.0f} km from the receiver, bearing {bearing:03.0f}°"
+
+
+def _section(rank: int, fl: FlaggedFlight, picture: str | None, problem: str | None,
+             size: tuple[int, int] = (WIDTH, HEIGHT)) -> str:
     e = html.escape
     name = fl.callsign.strip() if fl.callsign and fl.callsign.strip() else "(no callsign)"
     facts = [
         ("score", f"{_num(fl.score)} (threshold {_num(fl.threshold)}, "
                   f"{_num(fl.score_ratio)} × threshold)"),
-        ("channel scores", f"where {_num(fl.where_score)}, shape {_num(fl.shape_score)}"),
+        ("flagged by", _why(fl)),
+        ("channel scores", f"where {_num(fl.where_score)}, direction "
+                           f"{_num(fl.direction_score)}, shape {_num(fl.shape_score)}"),
         ("seen", f"{_t(fl.first_seen)} – {_t(fl.last_seen)} ({fl.duration})"),
         ("positions", f"{fl.n_positions}, path {_num(fl.path_km)} km"),
         ("model", _num(fl.model_version)),
@@ -224,7 +309,7 @@ def _section(rank: int, fl: FlaggedFlight, picture: str | None, problem: str | N
     ]
     rows = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     body = (f'<img src="{e(picture)}" alt="{e(f"track images of flight {fl.flight_id}")}" '
-            f'width="{WIDTH}" height="{HEIGHT}">' if picture else "")
+            f'width="{size[0]}" height="{size[1]}">' if picture else "")
     warn = f'<p class="warn">{e(problem)}</p>' if problem else ""
     sql = (f"SELECT p.* FROM positions p JOIN flights f ON p.icao24 = f.icao24 AND p.time "
            f"BETWEEN f.first_seen AND f.last_seen WHERE f.id = {fl.flight_id} ORDER BY p.time;")
@@ -234,27 +319,34 @@ def _section(rank: int, fl: FlaggedFlight, picture: str | None, problem: str | N
 
 
 def write(out_dir: Path, clock: dt.datetime, since: dt.timedelta,
-          flights: list[FlaggedFlight]) -> tuple[Path, int]:
+          flights: list[FlaggedFlight], range_km: float = 121.0) -> tuple[Path, int]:
     """Write ``index.html`` and one PNG per flight; returns (page, unreadable image count)."""
+    _RANGE_KM[0] = range_km
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.iterdir():             # pictures of flights no longer in the report
         if _STALE.match(old.name):
             old.unlink()
     sections, unreadable = [], 0
     for rank, fl in enumerate(flights, 1):
-        picture, problem = None, None
+        picture, problem, size = None, None, (WIDTH, HEIGHT)
         try:
             if fl.image is None:
                 raise ValueError("no track image stored")
             original = raster.decode_png(fl.image)
             rec = decode_reconstruction(fl.reconstruction) if fl.reconstruction else None
+            if rec is not None and rec.shape[-1] != original.shape[-1]:
+                rec = None                     # scored before the image was redrawn
             picture = f"flight_{fl.flight_id}.png"
-            render_flight(original, rec).save(out_dir / picture, format="PNG")
+            pixel = (fl.error_row, fl.error_col) \
+                if fl.error_row is not None and fl.error_col is not None else None
+            img = render_flight(original, rec, fl.channel, pixel)
+            size = img.size
+            img.save(out_dir / picture, format="PNG")
         except Exception as exc:   # one bad stored image must not cost the rest of the report
             unreadable += 1
             picture, problem = None, f"image unreadable: {exc}"
             log.warning("report: flight %s: image unreadable (%s)", fl.flight_id, exc)
-        sections.append(_section(rank, fl, picture, problem))
+        sections.append(_section(rank, fl, picture, problem, size))
     start = clock - since
     summary = (f"{len(flights)} flagged flight{'s' if len(flights) != 1 else ''} that ended "
                f"between {_t(start)} and {_t(clock)} (data clock), highest score first.")
@@ -270,7 +362,9 @@ def write(out_dir: Path, clock: dt.datetime, since: dt.timedelta,
 <h1>Flagged flights</h1>
 <p class="meta">{html.escape(summary)} Pictures: the stored track image, the model's
 reconstruction and the per-pixel error, all on the fixed scale 0..1 (see the legend under each);
-<em>where</em> is the receiver's frame, <em>shape</em> the flight's own frame.</p>
+<em>where</em> is the receiver's frame, <em>direction</em> the same frame coloured by the
+heading of travel, <em>shape</em> the flight's own frame. The row marked * carried the flag;
+its largest error is ringed.</p>
 {empty}{chr(10).join(sections)}
 </body>
 </html>
@@ -297,7 +391,7 @@ def command(settings: Settings, args) -> int:
             clock, flights = fetch(conn, since, args.top)
     finally:
         engine.dispose()
-    index, unreadable = write(Path(args.out), clock, since, flights)
+    index, unreadable = write(Path(args.out), clock, since, flights, settings.range_km)
     log.info("report: %d flagged flights (since %s before %s) written to %s%s", len(flights),
              args.since, clock.isoformat(timespec="seconds"), index,
              f"; {unreadable} with unreadable images" if unreadable else "")

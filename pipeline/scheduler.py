@@ -169,7 +169,7 @@ class Worker:
                 return False
             n = conn.execute(sa.text(
                 "SELECT count(*) FROM flights WHERE state = 'finished' AND image IS NOT NULL"
-            )).scalar()
+            )).scalar_one()
             recent = conn.execute(sa.text(
                 "SELECT last_started > now() - :r FROM job_runs WHERE job = 'train'"),
                 {"r": TRAIN_RETRY}).scalar()
@@ -243,7 +243,7 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
     sched.configure(job_defaults=JOB_DEFAULTS, timezone=dt.timezone.utc)
     now = dt.datetime.now(dt.timezone.utc)
 
-    def job(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+    def job(name: str, fn: Callable[[], Any]) -> Callable[[], tuple[bool, Any] | None]:
         return lambda: None if worker.stopping.is_set() else worker.run(name, fn)
 
     sched.add_job(job("flights", worker.close_flights), "interval", seconds=TICK_S,

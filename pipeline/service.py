@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -23,6 +23,9 @@ from pipeline.db import migrate
 from pipeline.db.engine import make_engine
 from pipeline.metrics import DatabaseCollector, IngestCollector, MetricsServer
 from pipeline.status import INGEST_STATE_KEY
+
+if TYPE_CHECKING:
+    from pipeline.receiver.ingest import IngestStats
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,12 @@ class IngestHolder:
     """The running ingest's stats, for metrics, health and the heartbeat row."""
 
     def __init__(self) -> None:
-        self.stats = None
+        self.stats: IngestStats | None = None
         self.source_name = ""
         self._last_ok = time.monotonic()
         self._previous: tuple[float, dict] | None = None
 
-    def set(self, stats) -> None:
+    def set(self, stats: IngestStats) -> None:
         self.stats = stats
 
     def connected(self) -> bool:
@@ -73,6 +76,8 @@ class IngestHolder:
             f" for more than {UNHEALTHY_AFTER_S:.0f} s"
 
     def heartbeat(self) -> dict:
+        if self.stats is None:
+            raise RuntimeError("no ingest has started")
         values = self.stats.as_dict()
         now = time.monotonic()
         rates = {"messages_per_s": 0.0, "positions_per_s": 0.0}

@@ -45,7 +45,7 @@ def summary(conn: sa.Connection, settings: Settings) -> list[str]:
     hour = conn.execute(sa.text("SELECT count(*) FROM positions WHERE time > :t"),
                         {"t": clock - dt.timedelta(hours=1)}).scalar()
     lines.append(f"positions         {hour:,} in the last hour of the data clock")
-    counts = dict(conn.execute(sa.text("SELECT state, count(*) FROM flights GROUP BY state")).all())
+    counts: dict[str, int] = dict(conn.execute(sa.text("SELECT state, count(*) FROM flights GROUP BY state")).all())
     lines.append(f"flights           {counts.get('open', 0):,} open, {counts.get('finished', 0):,} finished")
     model = conn.execute(sa.text(
         "SELECT version, created_at, n_train, threshold FROM models WHERE status = 'active'")).first()
@@ -57,7 +57,7 @@ def summary(conn: sa.Connection, settings: Settings) -> list[str]:
     day_start = clock.replace(hour=0, minute=0, second=0, microsecond=0)
     flags = conn.execute(sa.text(
         "SELECT count(*) FILTER (WHERE flagged), count(score) FROM flights WHERE last_seen >= :d"),
-        {"d": day_start}).first()
+        {"d": day_start}).one()
     lines.append(f"flags today       {flags[0]} of {flags[1]} scored flights")
     for job, finished, ok, err, runs, failures in conn.execute(sa.text(
             "SELECT job, last_finished, last_ok, last_error, runs, failures FROM job_runs ORDER BY job")):

@@ -16,9 +16,9 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
+from conftest import PARIS_LAT, PARIS_LON, PARIS_RANGE_KM
 from pipeline.db import partitions
 from pipeline.flights import raster
-from conftest import PARIS_LAT, PARIS_LON, PARIS_RANGE_KM
 
 STEP_S = 10
 

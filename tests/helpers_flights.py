@@ -159,7 +159,7 @@ def model_settings(url: str, data_dir: Path, **changes):
     from pipeline import config
 
     values = {"database_url": url, "data_dir": str(data_dir), "train_min_flights": 20,
-              "train_budget_s": 120, "receiver_lat": 48.88, "receiver_lon": 2.42,
+              "train_budget_s": 60, "receiver_lat": 48.88, "receiver_lon": 2.42,
               "range_km": 121.0}
     values.update(changes)
     return config.load({}, values)

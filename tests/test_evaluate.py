@@ -29,10 +29,11 @@ def test_metrics_match_scikit_learn():
     assert evaluate.precision_at_k(np.array([0.1, 0.9, 0.2, 0.8, 0.95]), y) == 0.5
 
 
-def test_pca_error_is_zero_on_the_fitted_subspace():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 20))
-    assert evaluate.pca_errors(x, components=3).max() < 1e-20
+def test_flag_figures():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 3.0, 0.3, 5.0, 0.5])
+    rate, precision, recall = evaluate.flag_figures(s, y, 1.0)
+    assert (rate, precision, recall) == (0.25, 0.5, 0.5)
 
 
 @pytest.mark.slow
@@ -47,11 +48,12 @@ def test_evaluate_command_prints_table_and_writes_csv(databases, tmp_path, capsy
     labels.write_text("icao24,label\n" + "".join(
         f"{t.icao24},{t.label}\n" for t in tracks))
     out = tmp_path / "scores.csv"
-    args = argparse.Namespace(labels=str(labels), out=str(out))
+    args = argparse.Namespace(labels=str(labels), out=str(out), train_until=None, seed=0)
     assert evaluate.command(settings, args) == 0
     text = capsys.readouterr().out
-    assert "105 flights, 5 anomalous" in text
-    for name in ("model_where", "model_shape", "pca_both", "tortuosity", "turning_deg"):
+    assert "105 flights judged, 5 anomalous" in text
+    for name in ("model_where", "model_shape", "model_direction", "pca_all", "knn_where",
+                 "rarity_direction", "tortuosity", "turning_deg", "best baseline"):
         assert name in text
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 105 and sum(int(r["label"]) for r in rows) == 5

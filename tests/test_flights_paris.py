@@ -6,20 +6,19 @@ is what a user runs.
 
 from __future__ import annotations
 
-import datetime as dt
 import tempfile
 from collections import defaultdict
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+
 from conftest import PARIS_BEAST, PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, PARIS_START, need
 from helpers_positions import read_paris_airborne
-
 from pipeline import cli, config
-from pipeline.receiver.ingest import ingest_file
 from pipeline.flights import raster
 from pipeline.geo import to_local_km
+from pipeline.receiver.ingest import ingest_file
 
 pytestmark = pytest.mark.slow
 GAP_S = 600.0

@@ -9,10 +9,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
-from helpers_flights import paris_tracks
 from scipy import ndimage
 
+from conftest import PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
+from helpers_flights import paris_tracks
 from pipeline import simulate
 from pipeline.flights import features, ragged, raster
 from pipeline.geo import to_local_km
@@ -154,3 +154,55 @@ def test_batch_equals_one_flight_at_a_time(tracks, drawn):
                           [raster.lit_fractions(img) for img in images])
     with pytest.raises(ValueError):
         raster.rasterize_many(x, y, np.array([0, 5, 5, x.size]), RANGE_KM)   # an empty track
+
+
+def _line(heading_deg: float, length_km: float = 150.0, n: int = 600, offset_km: float = 0.0):
+    """A straight track through the receiver (shifted sideways by offset_km), 1 point/0.25 km."""
+    h = np.radians(heading_deg)
+    s = np.linspace(-length_km / 2, length_km / 2, n)
+    ux, uy = np.sin(h), np.cos(h)
+    x = s * ux + offset_km * uy
+    y = s * uy - offset_km * ux
+    rng = np.random.default_rng(int(heading_deg * 10))
+    return x + rng.normal(0, 0.01, n), y + rng.normal(0, 0.01, n)   # ~10 m position noise
+
+
+@pytest.mark.parametrize("heading, sector", [(0, 0), (20, 0), (44, 1), (100, 2), (181, 4),
+                                             (230, 5), (250, 6), (300, 7), (338, 0)])
+def test_a_straight_track_lights_only_the_direction_channel_of_its_heading(heading, sector):
+    img, _ = raster.rasterize_xy(*_line(heading), RANGE_KM)
+    lit = img[:, :, raster.DIRECTION].sum(axis=(0, 1))
+    assert lit[sector] == img[:, :, raster.WHERE].sum() > 40
+    assert lit.sum() == lit[sector]                       # no pixel in any other sector
+
+
+def test_direction_channels_together_are_the_where_channel_and_tell_opposite_ways_apart(drawn):
+    images, _ = drawn
+    moving = images[:, :, :, raster.WHERE].sum(axis=(1, 2)) > 1
+    union = images[:, :, :, raster.DIRECTION].max(axis=-1)
+    assert np.array_equal(union[moving], images[moving][:, :, :, raster.WHERE])
+    # The same pixels flown the other way: same where channel, disjoint direction channels.
+    x, y = _line(75.0)
+    there, _ = raster.rasterize_xy(x, y, RANGE_KM)
+    back, _ = raster.rasterize_xy(x[::-1], y[::-1], RANGE_KM)
+    assert np.array_equal(there[:, :, raster.WHERE], back[:, :, raster.WHERE])
+    assert not (there[:, :, raster.DIRECTION] & back[:, :, raster.DIRECTION]).any()
+    # An orbit turns through every heading.
+    t = np.linspace(0, 2 * np.pi, 2000)
+    orbit, _ = raster.rasterize_xy(30 * np.sin(t), 30 * np.cos(t), RANGE_KM)
+    assert (orbit[:, :, raster.DIRECTION].sum(axis=(0, 1)) > 0).all()
+
+
+def test_stored_images_keep_every_channel_and_old_two_channel_images_still_decode(drawn):
+    images, _ = drawn
+    pngs = raster.encode_pngs(images[:10])
+    import io
+
+    from PIL import Image
+    assert Image.open(io.BytesIO(pngs[0])).size == (raster.SIZE * raster.NCH, raster.SIZE)
+    assert np.array_equal(raster.decode_pngs(pngs), images[:10])
+    old = raster.encode_pngs(images[:10, :, :, :2])             # format 1: where | shape
+    assert np.array_equal(raster.decode_pngs(old), images[:10, :, :, :2])
+    assert raster.decode_png(old[0]).shape == (64, 64, 2)
+    with pytest.raises(ValueError, match="channels"):
+        raster.decode_pngs([pngs[0], old[0]])                    # formats never mixed

@@ -6,9 +6,9 @@ import datetime as dt
 
 import numpy as np
 import sqlalchemy as sa
-from helpers_positions import UTC, copy_positions, track
 from PIL import Image
 
+from helpers_positions import UTC, copy_positions, track
 from pipeline import cli
 from pipeline.flights import raster, show
 
@@ -22,16 +22,28 @@ def test_show_writes_both_channels_enlarged_on_a_fixed_scale(db_url, engine, tmp
         fid, png = conn.execute(sa.text("SELECT id, image FROM flights")).one()
     out = tmp_path / "f.png"
     assert cli.main(["show", str(fid), "--out", str(out), "--database-url", db_url]) == 0
+    rgb = np.asarray(Image.open(out).convert("RGB"))
     pic = np.asarray(Image.open(out).convert("L"))
     img = raster.decode_png(png)
     side = raster.SIZE * show.SCALE
     top = show.PAD + show.LINE_H
-    for ch in range(2):
-        left = show.PAD + ch * (side + show.PAD)
+    # Panels: where, direction, shape.
+    for k, ch in ((0, raster.WHERE), (2, raster.SHAPE)):
+        left = show.PAD + k * (side + show.PAD)
         panel = pic[top:top + side, left:left + side]
         # Every enlarged pixel is pure black (1) or pure white (0), exactly as stored.
         np.testing.assert_array_equal(panel[::show.SCALE, ::show.SCALE] == 0, img[:, :, ch] == 1)
         assert set(np.unique(panel)) <= {0, 255}
+    # Direction: the where pixels in the colour of the track's heading (north-east here), the
+    # rest white.
+    left = show.PAD + (side + show.PAD)
+    panel = rgb[top:top + side:show.SCALE, left:left + side:show.SCALE]
+    lit = img[:, :, raster.DIRECTION].any(axis=-1)
+    np.testing.assert_array_equal(lit, img[:, :, raster.WHERE] == 1)
+    sector = int(np.argmax(img[:, :, raster.DIRECTION].sum(axis=(0, 1))))
+    assert sector == 1                                              # NE
+    assert (panel[lit] == show.SECTOR_RGB[sector].astype(np.uint8)).all()
+    assert (panel[~lit] == 255).all()
     # The caption is drawn below the panels.
     assert (pic[top + side + show.PAD:] < 128).any()
     assert cli.main(["show", "999", "--out", str(out), "--database-url", db_url]) == 1

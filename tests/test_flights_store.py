@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from helpers_positions import UTC, copy_positions, track
 from pipeline.flights import features, raster, store
-from helpers_positions import UTC, Pos, copy_positions, track
 
 T0 = dt.datetime(2021, 10, 7, 12, 0, tzinfo=UTC)
 S = dt.timedelta(seconds=1)
@@ -226,3 +226,30 @@ def test_flights_closed_in_batches_store_what_their_positions_give(engine, setti
         unknown = f["icao24"] == "a00003"
         assert f["callsign"] == (None if unknown else "TEST1")
         assert f["min_altitude"] == f["max_altitude"] == (None if unknown else 30000)
+
+
+def test_older_format_images_are_redrawn_from_positions_by_the_next_pass(engine, settings,
+                                                                         no_margin):
+    """After the upgrade to direction channels, stored two-channel images are redrawn from their
+    positions, a batch per pass; a flight whose positions are gone keeps its old image."""
+    copy_positions(engine, track("aaaaaa", T0, 100, dlat=0.0, dlon=0.01))      # flies east
+    copy_positions(engine, track("bbbbbb", T0, 100, dlat=0.01, dlon=0.0))      # flies north
+    store.process_flights(engine, settings, final=True)
+    before = {f["icao24"]: raster.decode_png(f["image"]) for f in flights(engine)}
+    assert all(img.shape[-1] == raster.NCH for img in before.values())
+    old = {a: raster.encode_png(img[:, :, :2]) for a, img in before.items()}
+    with engine.begin() as conn:
+        for a, png in old.items():
+            conn.execute(sa.text("UPDATE flights SET image = :p, image_format = 1 WHERE icao24 = :a"),
+                         {"p": png, "a": a})
+        conn.execute(sa.text("DELETE FROM positions WHERE icao24 = 'bbbbbb'"))
+    res = store.process_flights(engine, settings, final=True)
+    after = {f["icao24"]: f for f in flights(engine)}
+    assert res.redrawn == 1
+    assert after["aaaaaa"]["image_format"] == raster.FORMAT
+    assert np.array_equal(raster.decode_png(after["aaaaaa"]["image"]), before["aaaaaa"])
+    east = raster.decode_png(after["aaaaaa"]["image"])[:, :, raster.DIRECTION].sum(axis=(0, 1))
+    assert east[2] > 0 and east.sum() == east[2]                   # sector 2 = east only
+    assert after["bbbbbb"]["image_format"] == 1 and after["bbbbbb"]["n_positions"] == 0
+    assert bytes(after["bbbbbb"]["image"]) == old["bbbbbb"]
+    assert store.process_flights(engine, settings, final=True).redrawn == 0

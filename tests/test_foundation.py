@@ -74,7 +74,7 @@ def test_raster_draws_connected_binary_lines_and_roundtrips_png():
     t = np.linspace(0, 2 * np.pi, 200)
     x, y = 20 + 3 * np.cos(t), 3 * np.sin(t)
     img, side = raster.rasterize_xy(x, y, range_km=120)
-    assert img.shape == (64, 64, 2) and set(np.unique(img)) <= {0, 1}
+    assert img.shape == (64, 64, raster.NCH) and set(np.unique(img)) <= {0, 1}
     # In the receiver frame the orbit is a couple of pixels; in its own frame it is a ring.
     assert img[:, :, 0].sum() < 20
     assert img[:, :, 1].sum() > 100

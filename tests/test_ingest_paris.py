@@ -93,7 +93,8 @@ def test_avr_and_sbs_give_the_same_rows_as_beast(settings, databases, tmp_path):
                          "MSG,1,1,1,XXXXXX")                       # a bad line, counted
             lines.append(format_line(4, icao, t, groundspeed=gs, track=trk, vertical_rate=vr)
                          if gs is not None else "MSG,4,1,1," + icao)
-        lines.append(format_line(3, icao, t, altitude=alt, latitude=lat, longitude=lon))
+        lines.append(format_line(3, icao, t, altitude=alt, latitude=lat, longitude=lon,
+                                 on_ground=on_ground))
     stats = _ingest_text(sbs_settings, tmp_path, "subset.sbs", lines, "auto")
     assert stats.format == "sbs"
     assert stats.positions == len(reference)

@@ -56,16 +56,25 @@ def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(databases, 
         images = hf.flight_images(conn)
     engine.dispose()
     assert row.status == "active" and row.sha256 and row.path.endswith(".keras")
-    assert row.n_train + row.n_val + row.n_excluded == 105
+    assert row.n_train + row.n_excluded == 105
     screened = row.excluded["screened"]["flights"]
     assert screened and row.n_excluded == len(screened) + len(row.excluded["flagged_by_active"]["flights"])
-    assert row.recall_where > 0 and row.precision_shape > 0 and "MAD" in row.threshold_method and "0.99 quantile" in row.threshold_method
+    assert row.recall_where > 0 and row.precision_shape > 0
+    assert "0.99 quantile of the out-of-fold scores" in row.threshold_method
+    assert row.params["image_format"] == 2 and row.params["groups"] == ["where", "shape", "direction"]
     model = registry.load_model(registry.ModelRow(row.id, row.version, row.path, row.sha256,
                                                   row.threshold, row.params, row.status))
-    encoder, decoder = autoencoder.parts(model)
+    members = errors.members(model)
+    assert len(members) == row.params["folds"] >= 2
     x = images[:16].astype("float32")
-    np.testing.assert_allclose(decoder(encoder(x, training=False), training=False).numpy(),
-                               model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    for member in members:
+        encoder, decoder = autoencoder.parts(member)
+        np.testing.assert_allclose(decoder(encoder(x, training=False), training=False).numpy(),
+                                   member(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    # The ensemble's error is the mean of its members' errors, computed as the scorer does.
+    each = [errors.errors_of(m, images[:16]) for m in members]
+    np.testing.assert_allclose(errors.errors_of(model, images[:16]), np.mean(each, axis=0),
+                               rtol=1e-5, atol=1e-6)
     # No accuracy metric: the loss is the reconstruction measure itself.
     assert "accuracy" not in str(model.get_config()).lower()
 
@@ -75,7 +84,7 @@ def test_rejected_candidate_leaves_the_previous_model_active(databases, sim_url,
     url = hf.copy_database(databases, sim_url)
     first = _train(url, tmp_path / "1")
     monkeypatch.setattr(train, "RECALL_FLOOR", 1.01)      # no model can pass this floor
-    second = _train(url, tmp_path / "2", seed=8)
+    second = _train(url, tmp_path / "2", seed=8, arch=hf.tiny_arch(), max_epochs=3)
     assert first.status == "active" and second.status == "rejected"
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -110,14 +119,79 @@ def test_normaliser_threshold_and_spearman():
     assert errors.spearman(np.arange(10), np.arange(10) ** 3) == pytest.approx(1.0)
 
 
-def test_outlier_threshold_separates_a_heavy_tail_and_ignores_the_outliers():
-    from pipeline.model import errors
+def test_threshold_is_the_flag_rate_quantile_of_unseen_scores():
+    rng = np.random.default_rng(0)
+    unseen = np.expm1(rng.normal(0.6, 0.5, 20000).clip(0))
+    t = errors.flag_threshold(unseen, 0.01)
+    assert (unseen > t).mean() == pytest.approx(0.01, abs=0.001)
+    # New flights drawn like the unseen ones are flagged at the rate the setting says.
+    tomorrow = np.expm1(rng.normal(0.6, 0.5, 20000).clip(0))
+    assert (tomorrow > t).mean() == pytest.approx(0.01, abs=0.003)
+
+
+def test_screen_floor_keeps_ordinary_turns_and_still_screens_patterns():
+    rng = np.random.default_rng(1)
+    # Straight en-route traffic: tiny MAD, so median + 3 MAD alone cuts at ~1.03.
+    enroute = 1 + np.abs(rng.normal(0, 0.01, 500))
+    gentle = np.array([1.05, 1.1, 1.3, 1.6])            # ordinary turns, vectored approaches
+    patterns = np.array([2.2, 3.5, 8.0, 40.0])           # holding, survey, orbit
+    t = np.concatenate([enroute, gentle, patterns])
+    relative, cut = train.tortuous(t, 3.0)
+    assert cut < 1.06 and relative[500:504].all()         # what the floor is for
+    screened, cut = train.tortuous(t, 3.0, 1.8)
+    assert cut == pytest.approx(1.8)
+    assert not screened[:504].any() and screened[504:].all()
+
+
+def test_every_flight_is_scored_out_of_fold_by_the_one_model_that_never_saw_it(sim_url):
+    engine = sa.create_engine(sim_url)
+    with engine.connect() as conn:
+        images = hf.flight_images(conn)
+    engine.dispose()
+    import time
+    cross = train.cross_fit(images, 3, seed=4, start=time.monotonic(), budget=60,
+                            arch=hf.tiny_arch(), max_epochs=2)
+    assert sorted(np.bincount(cross.fold)) == [35, 35, 35]
+    for k, member in enumerate(cross.members):
+        held = cross.fold == k
+        np.testing.assert_allclose(errors.errors_of(member, images[held]), cross.oof_errors[held],
+                                   rtol=1e-5, atol=1e-6)
+        # ... and the fold model k is not the one that scores the other folds.
+        other = errors.errors_of(member, images[~held])
+        assert not np.allclose(other, cross.oof_errors[~held], rtol=1e-3)
+    assert all(0 <= r <= 1 and 0 <= p <= 1 for r, p in cross.recall_precision())
+
+
+def test_folds_are_blocks_of_time_so_held_out_flights_have_no_twins_of_their_hours():
+    from pipeline.model import data
 
     rng = np.random.default_rng(0)
-    ordinary = np.expm1(rng.normal(0.6, 0.5, 500).clip(0))          # compact on the log scale
-    few = np.concatenate([ordinary, [300.0, 800.0, 2000.0]])
-    many = np.concatenate([ordinary, np.full(40, 500.0)])
-    t_few, t_many = errors.outlier_threshold(few, 5), errors.outlier_threshold(many, 5)
-    assert ordinary.max() < t_few < 300
-    # Eight percent outliers move median and MAD only a little: they stay flagged.
-    assert t_many < 500 and abs(np.log1p(t_many) - np.log1p(t_few)) < 0.5
+    # A week: each day's flights all fall in one fold, and days go round the folds.
+    t0 = np.datetime64("2026-03-02T00:00", "us")
+    starts = t0 + (np.sort(rng.uniform(0, 7, 700)) * 86400e6).astype("timedelta64[us]")
+    shuffled = rng.permutation(700)
+    fold = data.folds(700, 3, rng, starts[shuffled])
+    day = ((starts[shuffled] - t0) // np.timedelta64(1, "D")).astype(int)
+    for d in range(7):
+        assert len(set(fold[day == d].tolist())) <= 2           # a day's cut is one border
+    assert sorted(np.bincount(fold)) == sorted(np.bincount(np.arange(700) * 7 // 700 % 3))
+    # 90 minutes: three half-hour blocks, in time order.
+    short = t0 + (np.sort(rng.uniform(0, 90, 99)) * 60e6).astype("timedelta64[us]")
+    fold = data.folds(99, 3, rng, short)
+    assert fold.tolist() == sorted(fold.tolist()) and np.bincount(fold).tolist() == [33, 33, 33]
+    # Without times: a shuffle dealt round.
+    assert sorted(np.bincount(data.folds(100, 3, rng))) == [33, 33, 34]
+
+
+def test_normaliser_scores_only_the_groups_it_was_told_to_and_survives_json():
+    rng = np.random.default_rng(3)
+    errs = rng.normal(1, 0.2, (200, 3))
+    norm = errors.Normaliser.fit(errs, (False, True, False))
+    again = errors.Normaliser.from_json(norm.to_json())
+    assert again == norm
+    ch = norm.channels(errs)
+    np.testing.assert_allclose(norm.score(errs), ch[:, 1])
+    assert (norm.top(ch) == 1).all()
+    everything = errors.Normaliser.fit(errs)
+    np.testing.assert_allclose(everything.score(errs), everything.channels(errs).max(axis=1))
+    assert errors.Normaliser.from_json({"median": [0, 0], "scale": [1, 1]}).scored is None

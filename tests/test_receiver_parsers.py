@@ -9,8 +9,14 @@ import pytest
 
 from conftest import SAMPLE_BEAST, need
 from pipeline.receiver.avr import AvrParser, format_frame
-from pipeline.receiver.beast import (COUNTER_HZ, COUNTER_MOD, MAX_FRAME_BYTES, BeastParser,
-                                     CounterClock, encode_frame)
+from pipeline.receiver.beast import (
+    COUNTER_HZ,
+    COUNTER_MOD,
+    MAX_FRAME_BYTES,
+    BeastParser,
+    CounterClock,
+    encode_frame,
+)
 from pipeline.receiver.sbs import SbsParser, format_line
 from pipeline.receiver.sources import detect_format
 

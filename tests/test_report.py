@@ -17,7 +17,6 @@ from PIL import Image
 
 import flagged_data
 from pipeline import cli, report
-from pipeline.flights import raster
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from helpers_positions import UTC, copy_positions, track
 
+from helpers_positions import UTC, copy_positions, track
 from pipeline import cli, scheduler
 from pipeline.flights import store
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -49,15 +48,32 @@ def test_scores_every_flight_once_and_flags_are_score_above_threshold(copy):
     rows = _q(engine, "SELECT score, threshold, flagged, model_id FROM flights")
     assert all(r.flagged == (r.score > r.threshold) and r.model_id == result.model_id for r in rows)
     assert _q(engine, "SELECT count(*) FROM flights WHERE flagged <> (score > threshold)")[0][0] == 0
-    hist = _q(engine, "SELECT flagged, score, where_score, shape_score, reconstruction "
-                      "FROM flight_scores")
+    hist = _q(engine, "SELECT flagged, score, where_score, shape_score, direction_score, channel, "
+                      "error_row, error_col, reconstruction FROM flight_scores")
     assert len(hist) == 105
+    scored = result.params["scored_groups"]
+    assert scored == ["shape"]             # a 3-hour window: the fixed frame does not flag yet
     for h in hist:
-        assert h.score == pytest.approx(max(h.where_score, h.shape_score))
+        groups = {"where": h.where_score, "shape": h.shape_score, "direction": h.direction_score}
+        assert h.score == pytest.approx(max(groups[g] for g in scored))
+        # The channel named is the one that carried the score.
+        assert h.channel in scored and groups[h.channel] == pytest.approx(h.score)
         assert (h.reconstruction is not None) == h.flagged
+        assert (h.error_row is not None and 0 <= h.error_row < 64 and 0 <= h.error_col < 64) \
+            == h.flagged
     png = next(h.reconstruction for h in hist if h.flagged)
     img = Image.open(io.BytesIO(bytes(png)))
-    assert img.mode == "L" and img.size == (128, 64)
+    assert img.mode == "L" and img.size == (64 * 10, 64)
+
+
+def test_a_model_scores_only_images_of_its_own_format(copy):
+    engine, settings, _ = copy
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE flights SET image_format = 1 WHERE id IN "
+                             "(SELECT id FROM flights ORDER BY id LIMIT 5)"))
+    assert score.score_pending(engine, settings) == 100
+    assert _q(engine, "SELECT count(*) FROM flights WHERE image_format = 1 AND score IS NOT NULL"
+              )[0][0] == 0
 
 
 def test_flight_excluded_from_training_is_still_scored_and_flagged(copy):

@@ -15,8 +15,8 @@ from collections import Counter
 import psycopg2
 import pytest
 
-from pipeline.beast_server import BeastServer
 from conftest import PARIS_BEAST, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
+from pipeline.beast_server import BeastServer
 
 CHUNK = 4096
 

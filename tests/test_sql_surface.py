@@ -13,10 +13,10 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from alembic import command
 import psycopg2
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from PIL import Image
 
 import flagged_data
@@ -27,7 +27,7 @@ from pipeline.flights import raster
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 VIEW_COLUMNS = ["flight_id", "icao24", "callsign", "first_seen", "last_seen", "duration",
                 "n_positions", "path_km", "score", "threshold", "score_ratio", "model_version",
-                "scored_at"]
+                "scored_at", "channel"]
 
 
 def fenced_blocks(text: str, info: str) -> list[str]:

@@ -93,7 +93,7 @@ class RowEncoder:
         else:           # a NULL altitude is its length field alone
             ends = (np.arange(1, n + 1) * width - 4 * ~known).tolist()
             prefixes = [flat[i:e] for i, e in zip(range(0, n * width, width), ends)]
-        parts: list[bytes | None] = [None] * (2 * n)
+        parts = [b""] * (2 * n)
         parts[0::2] = prefixes
         parts[1::2] = details
         return b"".join(parts)

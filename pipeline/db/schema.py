@@ -78,6 +78,7 @@ flights = sa.Table(
     sa.Column("where_lit", sa.REAL),
     sa.Column("shape_lit", sa.REAL),
     sa.Column("shape_side_km", sa.REAL),
+    sa.Column("image_format", sa.SmallInteger, nullable=False, server_default="2"),
     sa.Column("score", sa.Float),
     sa.Column("threshold", sa.Float),
     sa.Column("flagged", sa.Boolean),
@@ -94,6 +95,10 @@ flight_scores = sa.Table(
     sa.Column("flagged", sa.Boolean, nullable=False),
     sa.Column("where_score", sa.Float),
     sa.Column("shape_score", sa.Float),
+    sa.Column("direction_score", sa.Float),
+    sa.Column("channel", sa.Text),
+    sa.Column("error_row", sa.SmallInteger),
+    sa.Column("error_col", sa.SmallInteger),
     sa.Column("reconstruction", sa.LargeBinary),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
 )
@@ -135,4 +140,5 @@ flagged_flights = sa.Table(
     sa.Column("score_ratio", sa.Numeric),
     sa.Column("model_version", sa.Text),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
+    sa.Column("channel", sa.Text),
 )

@@ -10,7 +10,7 @@ nothing half done:
    (new rows, or first_seen/last_seen/n_positions of an open flight updated);
 3. close every open flight whose last position is more than the gap behind the data clock:
    read its positions (icao24 + time range, one query for a whole batch of flights), draw the
-   two-channel images and compute features for the batch at once, and store everything with
+   track images and compute features for the batch at once, and store everything with
    state='finished' (one UPDATE per batch).
 
 The positions table is only ever appended to; flights refer to positions by aircraft and
@@ -70,6 +70,7 @@ class PassResult:
     clock: dt.datetime | None = None
     seconds: float = 0.0
     close_seconds: float = 0.0    # of which closing flights (read, draw, write)
+    redrawn: int = 0              # finished flights whose older-format image was redrawn
 
 
 def to_datetime(us: int) -> dt.datetime:
@@ -122,11 +123,44 @@ def process_flights(engine: sa.Engine, settings: Settings, *, final: bool = Fals
         ids = [i for i in _due(conn, rid, res.clock, gap_us, cutoff, final) if i not in late]
         _close(conn, settings, [(i, None) for i in ids] + [(i, old_wm) for i in late_ids],
                cutoff, res)
+        res.redrawn = redraw_old_images(conn, settings, final)
     res.seconds = time.perf_counter() - started
     log.info("flights: %d new positions, %d flights created (%d late), %d extended, %d closed "
              "in %.2f s (data clock %s)", res.new_positions, res.created, res.late, res.extended,
              res.closed, res.seconds, res.clock)
     return res
+
+
+# Finished flights with an image of an older format redrawn per pass: a year of flights is
+# redrawn over a few hours of passes without making one pass long.
+REDRAW_BATCH = 2_000
+
+
+def redraw_old_images(conn: sa.Connection, settings: Settings, everything: bool = False) -> int:
+    """Redraw, from their positions, finished flights whose image is of an older format
+    (``flights.image_format`` < ``raster.FORMAT``): a batch per pass, or all with
+    ``everything``. Flights whose positions retention dropped keep their old image (a model of
+    the new format never scores them). Returns the number redrawn."""
+    total = 0
+    while True:
+        ids = conn.execute(sa.text(
+            "SELECT id FROM flights WHERE image_format < :f AND image IS NOT NULL "
+            "AND state = 'finished' AND receiver_id = :rid AND n_positions > 0 "
+            "ORDER BY id LIMIT :n"),
+            {"f": raster.FORMAT, "rid": settings.receiver_id, "n": REDRAW_BATCH}
+        ).scalars().all()
+        if not ids:
+            break
+        scratch = PassResult()
+        # _close sets n_positions = 0 on a flight without positions left, so it is not
+        # picked again.
+        _close(conn, settings, [(i, None) for i in ids], None, scratch)
+        total += len(ids) - scratch.empty
+        if not everything:
+            break
+    if total:
+        log.info("flights: redrew %d older track images in format %d", total, raster.FORMAT)
+    return total
 
 
 # ---- watermark ----------------------------------------------------------------------------
@@ -212,7 +246,7 @@ def _place(conn: sa.Connection, settings: Settings, batch: dict[str, np.ndarray]
                 res.late += late
     for i in deletes:
         updates.pop(i, None)
-    cur = conn.connection.driver_connection.cursor()
+    cur = _cursor(conn)
     late_ids = []
     if inserts:
         ids = execute_values(
@@ -286,7 +320,7 @@ def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.dat
     if not todo:
         return
     started = time.perf_counter()
-    cur = conn.connection.driver_connection.cursor()
+    cur = _cursor(conn)
     empty: list[int] = []
     for part in _batches(cur, todo):
         empty += _close_batch(cur, settings, part, cutoff)
@@ -337,7 +371,7 @@ UPDATE flights f SET state = 'finished', closed_at = now(), n_positions = v.n,
     callsign = v.callsign, min_altitude = v.amin, max_altitude = v.amax,
     path_km = v.path, straight_km = v.straight, tortuosity = v.tort, turning_deg = v.turn,
     max_distance_km = v.maxd, image = substring(%(images)s FROM v.at FOR v.size),
-    where_lit = v.wl, shape_lit = v.sl, shape_side_km = v.side
+    where_lit = v.wl, shape_lit = v.sl, shape_side_km = v.side, image_format = %(format)s
 FROM unnest(%(id)s::bigint[], %(n)s::int[], %(first)s::bigint[], %(last)s::bigint[],
             %(callsign)s::text[], %(amin)s::int[], %(amax)s::int[], %(path)s::real[],
             %(straight)s::real[], %(tort)s::real[], %(turn)s::real[], %(maxd)s::real[],
@@ -379,12 +413,12 @@ def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | No
     cut = "AND p.inserted_at <= %(cutoff)s" if cutoff is not None else ""
     rows = _copy_rows(cur, cur.mogrify(_CLOSE_SQL.format(cut=cut), {
         "ids": [i for i, _ in todo], "after": [a for _, a in todo], "cutoff": cutoff}))
-    empty = [_int(r[0]) for r in rows if r[6] is None]         # no rows: array_agg is NULL
+    empty = [_id(r[0]) for r in rows if r[6] is None]          # no rows: array_agg is NULL
     rows = [r for r in rows if r[6] is not None]
     if not rows:
         return empty
     ids, first, last, amin, amax = ([_int(r[k]) for r in rows] for k in range(5))
-    tracks = [_points(r[6]) for r in rows]
+    tracks = [_points(r[6]) for r in rows if r[6] is not None]
     offsets = ragged.offsets_of([t.size for t in tracks])
     n = len(rows)
     sides, lit, pngs = np.empty(n), np.empty((n, 2)), []
@@ -401,7 +435,7 @@ def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | No
             feats[name][i:j] = values
     size = np.array([len(p) for p in pngs])
     cur.execute(_FINISH_SQL, {
-        "epoch": _PG_EPOCH, "images": b"".join(pngs),
+        "epoch": _PG_EPOCH, "images": b"".join(pngs), "format": raster.FORMAT,
         "at": _array(np.cumsum(size) - size + 1), "size": _array(size),
         "id": _array(ids), "n": _array(np.diff(offsets)), "first": _array(first),
         "last": _array(last), "callsign": [_text(r[5]) for r in rows],
@@ -411,6 +445,13 @@ def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | No
         "maxd": _array(feats["max_distance_km"]), "wl": _array(lit[:, 0]),
         "sl": _array(lit[:, 1]), "side": _array(sides)})
     return empty
+
+
+def _cursor(conn: sa.Connection):
+    """The psycopg2 cursor under a SQLAlchemy connection (for COPY and array parameters)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None, "connection is closed"
+    return raw.cursor()
 
 
 def _array(values) -> str:
@@ -435,13 +476,13 @@ def _copy_rows(cur, sql: bytes) -> list[list[memoryview | None]]:
     if bytes(data[:11]) != _COPY_SIGNATURE:
         raise ValueError("not PostgreSQL binary COPY output")
     pos = 19 + struct.unpack_from(">i", data, 15)[0]          # flags, header extension
-    rows = []
+    rows: list[list[memoryview | None]] = []
     while True:
         (n,) = struct.unpack_from(">h", data, pos)
         pos += 2
         if n < 0:                                              # the trailer
             return rows
-        row = []
+        row: list[memoryview | None] = []
         for _ in range(n):
             (size,) = struct.unpack_from(">i", data, pos)
             pos += 4
@@ -451,6 +492,12 @@ def _copy_rows(cur, sql: bytes) -> list[list[memoryview | None]]:
                 row.append(data[pos:pos + size])
                 pos += size
         rows.append(row)
+
+
+def _id(field: memoryview | None) -> int:
+    """A NOT NULL bigint field."""
+    assert field is not None, "NULL id"
+    return int.from_bytes(field, "big", signed=True)
 
 
 def _int(field: memoryview | None) -> int | None:

@@ -1,4 +1,5 @@
-"""Builders of the convolutional autoencoder for the 64x64x2 track images.
+"""Builders of the convolutional autoencoder for the 64x64xC track images, and of the
+ensemble of fold models that is saved and scored as one model.
 
 The encoder and the decoder are built once and the autoencoder is ``decoder(encoder(x))`` of
 those very instances, so that the three always share weights (building a second encoder later
@@ -15,9 +16,9 @@ from dataclasses import asdict, dataclass
 import keras
 from keras import layers
 
-from pipeline.flights.raster import SIZE
+from pipeline.flights.raster import NCH, SIZE
 
-CHANNELS = 2
+CHANNELS = NCH
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,13 @@ class Architecture:
         return cls(filters=tuple(data["filters"]), bottleneck=int(data["bottleneck"]))
 
 
-def build(arch: Architecture = Architecture()) -> tuple[keras.Model, keras.Model, keras.Model]:
+def build(arch: Architecture = Architecture(), channels: int = CHANNELS, name: str = "autoencoder"
+          ) -> tuple[keras.Model, keras.Model, keras.Model]:
     """(encoder, decoder, autoencoder); the autoencoder is decoder(encoder(x)) of these two."""
     f1, f2, f3 = arch.filters
     inner = SIZE // 8                                        # three stride-2 steps: 64 -> 8
 
-    x_in = keras.Input((SIZE, SIZE, CHANNELS), name="image")
+    x_in = keras.Input((SIZE, SIZE, channels), name="image")
     h = layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu")(x_in)
     h = layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu")(h)
     h = layers.Conv2D(f3, 3, strides=2, padding="same", activation="relu")(h)
@@ -54,12 +56,22 @@ def build(arch: Architecture = Architecture()) -> tuple[keras.Model, keras.Model
     h = layers.Reshape((inner, inner, f3))(h)
     h = layers.Conv2DTranspose(f2, 3, strides=2, padding="same", activation="relu")(h)
     h = layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu")(h)
-    logits = layers.Conv2DTranspose(CHANNELS, 3, strides=2, padding="same", name="logits")(h)
+    logits = layers.Conv2DTranspose(channels, 3, strides=2, padding="same", name="logits")(h)
     decoder = keras.Model(z_in, logits, name="decoder")
 
-    x = keras.Input((SIZE, SIZE, CHANNELS), name="image")
-    autoencoder = keras.Model(x, decoder(encoder(x)), name="autoencoder")
+    x = keras.Input((SIZE, SIZE, channels), name="image")
+    autoencoder = keras.Model(x, decoder(encoder(x)), name=name)
     return encoder, decoder, autoencoder
+
+
+def ensemble(members: list[keras.Model], channels: int = CHANNELS) -> keras.Model:
+    """One model holding the fold models (layers ``member_0`` ...), saved and loaded as one
+    file; its outputs are the members' logits. Scoring runs the members one by one
+    (``errors.forward``) and averages their errors."""
+    x = keras.Input((SIZE, SIZE, channels), name="image")
+    for i, m in enumerate(members):
+        m.name = f"member_{i}"
+    return keras.Model(x, [m(x) for m in members], name="ensemble")
 
 
 def parts(autoencoder: keras.Model) -> tuple[keras.Model, keras.Model]:

@@ -5,20 +5,27 @@ Training minimises the mean of :func:`channel_errors`, the threshold is a quanti
 computes the very same numbers, so a flight is never judged with a different measure than the
 one the threshold came from (scoring a weighted-BCE model with plain BCE flips rankings).
 
-Score = max over channels of the channel error normalised against the training flights
-(median and MAD per channel). The two channels have very different error scales (the *where*
-channel has fewer lit pixels than the *shape* channel), so a plain sum is dominated by one of
-them; the max lets either channel alone raise a flag: an off-corridor transit is unusual only in
-*where*, an orbit mostly in *shape*.
+Channels are read in *groups*: ``where``, ``shape`` and, for images of format 2, ``direction``
+(the mean of the 8 heading channels). The loss weighs each group equally (8 direction channels
+would otherwise outweigh the other two together), and a group's error is the mean of its
+channels' errors, so loss and score remain one measure.
+
+Score = max over groups of the group error normalised against flights the model never trained
+on (median and MAD per group of the out-of-fold errors, see train.py). The groups have very
+different error scales, so a plain sum is dominated by one of them; the max lets any group alone
+raise a flag: an off-corridor transit is unusual in *where*, a flight against the traffic in
+*direction*, an orbit mostly in *shape*.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
+
+from pipeline.flights import raster
 
 LOSSES = ("wbce", "focal", "dice")
 DEFAULT_LOSS = "wbce"
@@ -33,9 +40,30 @@ FOCAL_GAMMA = 2.0
 FOCAL_ALPHA = 0.9
 
 
+def groups(channels: int) -> tuple[str, ...]:
+    """Names of the channel groups of images with ``channels`` channels."""
+    return ("where", "shape", "direction") if channels > 2 else ("where", "shape")
+
+
+def group_matrix(channels: int) -> np.ndarray:
+    """(channels, groups) matrix: channel errors @ it = group errors (mean within a group)."""
+    m = np.zeros((channels, len(groups(channels))), dtype=np.float32)
+    m[raster.WHERE, 0] = 1.0
+    m[raster.SHAPE, 1] = 1.0
+    if channels > 2:
+        m[raster.DIRECTION, 2] = 1.0 / raster.SECTORS
+    return m
+
+
+def group_errors(channel_errs: np.ndarray) -> np.ndarray:
+    """(n, groups) errors from (n, channels) channel errors."""
+    e = np.asarray(channel_errs, dtype=np.float64)
+    return e @ group_matrix(e.shape[-1]).astype(np.float64)
+
+
 def channel_errors(y: tf.Tensor, logits: tf.Tensor, loss: str = DEFAULT_LOSS,
                    pos_weight: float = POS_WEIGHT) -> tf.Tensor:
-    """(n, 2) error of each image and channel; y is 0/1 float (n, 64, 64, 2)."""
+    """(n, C) error of each image and channel; y is 0/1 float (n, 64, 64, C)."""
     y = tf.cast(y, logits.dtype)
     if loss == "wbce":
         per_pixel = tf.nn.weighted_cross_entropy_with_logits(y, logits, pos_weight)
@@ -64,7 +92,10 @@ class ReconstructionLoss(keras.losses.Loss):
         self.kind, self.pos_weight = kind, float(pos_weight)
 
     def call(self, y_true, y_pred):
-        return tf.reduce_mean(channel_errors(y_true, y_pred, self.kind, self.pos_weight), axis=-1)
+        # Mean over groups of the group errors: each group weighs the same in the fit.
+        errs = channel_errors(y_true, y_pred, self.kind, self.pos_weight)
+        m = group_matrix(int(y_pred.shape[-1]))
+        return tf.reduce_mean(tf.matmul(errs, tf.constant(m, errs.dtype)), axis=-1)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
@@ -72,92 +103,154 @@ class ReconstructionLoss(keras.losses.Loss):
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Per-channel centre and scale of the training flights' errors."""
+    """Per-group centre and scale of the errors of flights the model did not train on, and
+    which groups make up the score (all unless the window was too short for routes, see
+    train.py)."""
 
-    median: tuple[float, float]
-    scale: tuple[float, float]
+    median: tuple[float, ...]
+    scale: tuple[float, ...]
+    scored: tuple[bool, ...] | None = None
 
     @classmethod
-    def fit(cls, errors: np.ndarray) -> "Normaliser":
+    def fit(cls, errors: np.ndarray, scored: tuple[bool, ...] | None = None) -> "Normaliser":
         med = np.median(errors, axis=0)
         mad = np.median(np.abs(errors - med), axis=0) * 1.4826
         # A channel every training flight reconstructs equally well must not divide by zero.
         scale = np.maximum(mad, 1e-6 + 1e-3 * np.abs(med))
-        return cls(tuple(map(float, med)), tuple(map(float, scale)))
+        return cls(tuple(map(float, med)), tuple(map(float, scale)), scored)
 
     def channels(self, errors: np.ndarray) -> np.ndarray:
-        """(n, 2) normalised channel scores."""
+        """(n, groups) normalised group scores of (n, groups) group errors."""
         return (np.asarray(errors, dtype=np.float64) - np.array(self.median)) / np.array(self.scale)
 
+    def mask(self, groups: int) -> np.ndarray:
+        return np.array(self.scored if self.scored is not None else (True,) * groups)
+
+    def combine(self, channels: np.ndarray) -> np.ndarray:
+        """The score: the largest normalised score of the groups that are scored."""
+        return np.where(self.mask(channels.shape[1]), channels, -np.inf).max(axis=1)
+
+    def top(self, channels: np.ndarray) -> np.ndarray:
+        """Index of the group that carried each score."""
+        return np.where(self.mask(channels.shape[1]), channels, -np.inf).argmax(axis=1)
+
     def score(self, errors: np.ndarray) -> np.ndarray:
-        return self.channels(errors).max(axis=1)
+        return self.combine(self.channels(errors))
 
     def to_json(self) -> dict:
-        return {"median": list(self.median), "scale": list(self.scale)}
+        out = {"median": list(self.median), "scale": list(self.scale)}
+        if self.scored is not None:
+            out["scored"] = list(self.scored)
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "Normaliser":
-        return cls(tuple(data["median"]), tuple(data["scale"]))
+        scored = data.get("scored")
+        return cls(tuple(data["median"]), tuple(data["scale"]),
+                   tuple(bool(v) for v in scored) if scored is not None else None)
 
 
 def threshold(scores: np.ndarray, quantile: float) -> float:
-    """A high quantile of scores: the floor of the flag threshold."""
+    """A quantile of scores."""
     return float(np.quantile(np.asarray(scores, dtype=np.float64), quantile))
 
 
-def outlier_threshold(scores: np.ndarray, k: float) -> float:
-    """median + k*MAD of log(1 + score), mapped back to the score scale.
+def flag_threshold(unseen_scores: np.ndarray, flag_rate: float) -> float:
+    """The score above which ``flag_rate`` of ordinary flights lie: the (1 - rate) quantile of
+    the scores of flights the model never trained on (out-of-fold scores, see train.py).
 
-    Why: a model reconstructs the flights it was fitted on better than unseen ordinary ones, so
-    a quantile of its own training flights flags a tenth of the next day's traffic (measured on
-    the simulated day: 0.99-quantile 7.7 on training flights, 45 on unseen ordinary flights,
-    260 and more on the anomalies). The tail of the scores is heavy and spans orders of
-    magnitude; on the log scale the ordinary flights are compact and median/MAD ignore the
-    few outliers that remain, so the rule needs no assumption about how many there are."""
-    logs = np.log1p(np.maximum(np.asarray(scores, dtype=np.float64), 0.0))
-    med = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - med))) * 1.4826
-    return float(np.expm1(med + k * mad))
+    Why unseen flights: a model reconstructs the flights it was fitted on far better than the
+    next day's ordinary flights (measured on real en-route traffic: median score 0.52 seen,
+    9.9 unseen), so a threshold from its own training flights flagged 41 % of the next day's
+    ordinary traffic. The out-of-fold scores are distributed like the scores of tomorrow's
+    flights, so the share of ordinary flights flagged is what the setting says (a little less:
+    the deployed ensemble averages its members' errors, which narrows the tail)."""
+    return threshold(unseen_scores, 1.0 - flag_rate)
 
 
-def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = POS_WEIGHT):
-    """A compiled inference pass: images (n, 64, 64, 2) -> (errors (n, 2), probabilities).
+def members(model: keras.Model) -> list[keras.Model]:
+    """The autoencoders of an ensemble (layers named ``member_*``), or the model itself."""
+    found = [layer for layer in model.layers if layer.name.startswith("member_")]
+    return found or [model]
 
-    One trace for every batch size (``None`` batch dimension); ``training=False`` so that any
-    layer that behaves differently in training cannot change the scores."""
-    spec = tf.TensorSpec([None, 64, 64, 2], tf.float32)
+
+def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = POS_WEIGHT,
+            channels: int = raster.NCH):
+    """A compiled inference pass: images (n, 64, 64, C) -> (errors (n, C), probabilities).
+
+    For an ensemble of fold models the errors are the mean of the members' errors (not the
+    error of their mean picture: each member's error of a new flight is distributed like the
+    out-of-fold errors the threshold came from, and their mean keeps that centre), and the
+    probabilities the mean of theirs. Members run one after the other, so only one member's
+    logits are in memory. One trace for every batch size; ``training=False`` so that any layer
+    that behaves differently in training cannot change the scores."""
+    spec = tf.TensorSpec([None, 64, 64, channels], tf.float32)
+    parts = members(model)
 
     @tf.function(input_signature=[spec])
     def run(x):
-        logits = model(x, training=False)
-        return channel_errors(x, logits, loss, pos_weight), tf.sigmoid(logits)
+        errs, probs = [], []
+        for m in parts:
+            logits = m(x, training=False)
+            errs.append(channel_errors(x, logits, loss, pos_weight))
+            probs.append(tf.sigmoid(logits))
+        return tf.add_n(errs) / len(parts), tf.add_n(probs) / len(parts)
 
     return run
 
 
 def errors_of(model: keras.Model, images: np.ndarray, loss: str = DEFAULT_LOSS,
-              pos_weight: float = POS_WEIGHT, batch: int = 512,
+              pos_weight: float = POS_WEIGHT, batch: int = 256,
               with_probabilities: bool = False):
-    """Channel errors (n, 2) of uint8 images, batch by batch; optionally the probabilities."""
-    run = forward(model, loss, pos_weight)
+    """Channel errors (n, C) of uint8 images, batch by batch; optionally the probabilities."""
+    c = images.shape[-1]
+    run = forward(model, loss, pos_weight, c)
     errs, probs = [], []
     for start in range(0, len(images), batch):
         e, p = run(tf.convert_to_tensor(images[start:start + batch], tf.float32))
         errs.append(e.numpy())
         if with_probabilities:
             probs.append(p.numpy())
-    e = np.concatenate(errs) if errs else np.zeros((0, 2))
+    e = np.concatenate(errs) if errs else np.zeros((0, c))
     if with_probabilities:
-        return e, (np.concatenate(probs) if probs else np.zeros((0, 64, 64, 2)))
+        return e, (np.concatenate(probs) if probs else np.zeros((0, 64, 64, c)))
     return e
 
 
+def pixel_errors(images: np.ndarray, probs: np.ndarray, pos_weight: float = POS_WEIGHT
+                 ) -> np.ndarray:
+    """Per-pixel weighted cross-entropy (n, 64, 64, C) of probabilities against the images (for
+    pictures and explanations; the scores come from :func:`channel_errors`)."""
+    y = images.astype(np.float32)
+    p = np.clip(probs.astype(np.float32), 1e-6, 1 - 1e-6)
+    return -(pos_weight * y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def explain(images: np.ndarray, probs: np.ndarray, group_scores: np.ndarray,
+            pos_weight: float = POS_WEIGHT, scored: np.ndarray | None = None
+            ) -> tuple[list[str], np.ndarray]:
+    """For each flight: the group that carried its score (largest normalised score among the
+    ``scored`` groups) and the (row, col) pixel of the largest error within that group's
+    channels."""
+    names = groups(images.shape[-1])
+    mask = np.ones(group_scores.shape[1], bool) if scored is None else scored
+    top = np.where(mask, group_scores, -np.inf).argmax(axis=1)
+    err = pixel_errors(images, probs, pos_weight)
+    m = group_matrix(images.shape[-1]) > 0                       # (C, G)
+    where = np.zeros((len(images), 2), dtype=np.int64)
+    for i, g in enumerate(top):
+        e = err[i][:, :, m[:, g]].max(axis=-1)
+        where[i] = np.unravel_index(int(np.argmax(e)), e.shape)
+    return [names[g] for g in top], where
+
+
 def lit_recall_precision(images: np.ndarray, probs: np.ndarray) -> list[tuple[float, float]]:
-    """Per channel (recall, precision) of lit pixels, a pixel predicted lit when p > 0.5."""
+    """Per group (recall, precision) of lit pixels, a pixel predicted lit when p > 0.5."""
     out = []
-    for c in range(images.shape[-1]):
-        truth = images[..., c] > 0
-        pred = probs[..., c] > 0.5
+    m = group_matrix(images.shape[-1]) > 0
+    for g in range(m.shape[1]):
+        truth = images[..., m[:, g]] > 0
+        pred = probs[..., m[:, g]] > 0.5
         tp = float(np.logical_and(truth, pred).sum())
         out.append((tp / max(float(truth.sum()), 1.0), tp / max(float(pred.sum()), 1.0)))
     return out

@@ -31,6 +31,7 @@ class ModelRow:
     threshold: float
     params: dict[str, Any]
     status: str
+    data_to: dt.datetime | None = None     # end of the window it was trained on
 
 
 def sha256_of(path: Path) -> str:
@@ -81,7 +82,7 @@ def load_model(row: ModelRow):
 
 def _row(r) -> ModelRow:
     return ModelRow(r.id, r.version, r.path, r.sha256, float(r.threshold), dict(r.params or {}),
-                    r.status)
+                    r.status, r.data_to)
 
 
 def active(conn: sa.Connection) -> ModelRow | None:

@@ -1,8 +1,11 @@
 """The scorer job: every finished flight not yet scored by the active model gets its score.
 
-score = the per-flight reconstruction error of :mod:`pipeline.model.errors` (max of the two
-channels' errors normalised against the training flights) -- the same measure the model's
-threshold was derived from; ``flagged`` is exactly ``score > threshold`` of that model.
+score = the per-flight reconstruction error of :mod:`pipeline.model.errors` (max of the channel
+groups' errors -- where, shape, direction -- normalised against flights the model never trained
+on) -- the same measure the model's threshold was derived from; ``flagged`` is exactly
+``score > threshold`` of that model. Each score says which group carried it (``channel``) and,
+for a flagged flight, the pixel of the largest error in that group. A model only scores images
+of the format it was trained on (``flights.image_format``).
 
 Which flights: never scored ones, plus, after a new model became active, those of the last
 ``ADSB_RESCORE_DAYS`` of the data clock scored by an older model (so today's flags all come from
@@ -19,7 +22,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import sqlalchemy as sa
@@ -27,20 +30,22 @@ from PIL import Image
 
 from pipeline.config import Settings
 from pipeline.flights.clock import data_clock
-from pipeline.flights.raster import decode_png, decode_pngs
+from pipeline.flights.raster import FORMAT_CHANNELS, decode_png, decode_pngs
 from pipeline.model import registry
 
 log = logging.getLogger(__name__)
 
-BATCH = 2048
+BATCH = 512                    # 10-channel images: probabilities of a batch are ~80 MB
 PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
 class Scorer:
     model: registry.ModelRow
-    normaliser: object
+    normaliser: Any
     forward: Callable
+    image_format: int
+    channels: int
 
 
 _cache: dict[tuple[int, str | None], Scorer] = {}
@@ -54,15 +59,19 @@ def scorer_for(row: registry.ModelRow) -> Scorer:
 
         model = registry.load_model(row)
         _cache.clear()                       # one model in memory at a time
+        fmt = int(row.params.get("image_format", 1))
+        channels = FORMAT_CHANNELS[fmt]
         _cache[key] = Scorer(row, errors.Normaliser.from_json(row.params["normaliser"]),
                              errors.forward(model, row.params.get("loss", errors.DEFAULT_LOSS),
-                                            row.params.get("pos_weight", errors.POS_WEIGHT)))
+                                            row.params.get("pos_weight", errors.POS_WEIGHT),
+                                            channels), fmt, channels)
     return _cache[key]
 
 
 def reconstruction_png(probs: np.ndarray) -> bytes:
-    """8-bit PNG (128x64, where | shape) of reconstruction probabilities, value round(p*255)."""
-    side = np.concatenate([probs[:, :, 0], probs[:, :, 1]], axis=1)
+    """8-bit PNG ((64*C)x64, the channels side by side as in the track image) of reconstruction
+    probabilities, value round(p*255)."""
+    side = np.concatenate([probs[:, :, c] for c in range(probs.shape[-1])], axis=1)
     buf = io.BytesIO()
     Image.fromarray(np.rint(np.clip(side, 0, 1) * 255).astype(np.uint8), "L").save(buf, "PNG")
     return buf.getvalue()
@@ -70,7 +79,7 @@ def reconstruction_png(probs: np.ndarray) -> bytes:
 
 _PENDING = sa.text("""
     SELECT id, image FROM flights
-     WHERE state = 'finished' AND image IS NOT NULL
+     WHERE state = 'finished' AND image IS NOT NULL AND image_format = :format
        AND (model_id IS NULL
             OR (model_id <> :model AND last_seen >= :since)
             OR (:rescore AND last_seen >= :since AND scored_at < :started))
@@ -80,14 +89,19 @@ _PENDING = sa.text("""
 
 _INSERT_SCORES = sa.text("""
     INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged, where_score,
-                               shape_score, reconstruction, scored_at)
-    SELECT u.fid, :model, u.s, :threshold, u.fl, u.ws, u.ss, u.rec, now()
+                               shape_score, direction_score, channel, error_row, error_col,
+                               reconstruction, scored_at)
+    SELECT u.fid, :model, u.s, :threshold, u.fl, u.ws, u.ss, u.ds, u.ch, u.er, u.ec, u.rec, now()
       FROM unnest(CAST(:ids AS bigint[]), CAST(:scores AS float8[]), CAST(:flags AS boolean[]),
-                  CAST(:ws AS float8[]), CAST(:ss AS float8[]), CAST(:recs AS bytea[]))
-           AS u(fid, s, fl, ws, ss, rec)
+                  CAST(:ws AS float8[]), CAST(:ss AS float8[]), CAST(:ds AS float8[]),
+                  CAST(:chs AS text[]), CAST(:ers AS int2[]), CAST(:ecs AS int2[]),
+                  CAST(:recs AS bytea[]))
+           AS u(fid, s, fl, ws, ss, ds, ch, er, ec, rec)
     ON CONFLICT (flight_id, model_id) DO UPDATE
        SET score = excluded.score, threshold = excluded.threshold, flagged = excluded.flagged,
            where_score = excluded.where_score, shape_score = excluded.shape_score,
+           direction_score = excluded.direction_score, channel = excluded.channel,
+           error_row = excluded.error_row, error_col = excluded.error_col,
            reconstruction = excluded.reconstruction, scored_at = excluded.scored_at""")
 
 _UPDATE_FLIGHTS = sa.text("""
@@ -99,21 +113,24 @@ _UPDATE_FLIGHTS = sa.text("""
      WHERE f.id = u.fid""")
 
 
-def _decode(rows) -> tuple[list[int], np.ndarray, list[int]]:
+def _decode(rows, channels: int) -> tuple[list[int], np.ndarray, list[int]]:
     """Images of the rows; ids of rows whose stored image cannot be decoded (logged)."""
     try:
-        return [r[0] for r in rows], decode_pngs([r[1] for r in rows]), []
+        return [r[0] for r in rows], decode_pngs([r[1] for r in rows], channels), []
     except Exception:  # noqa: BLE001 - find the bad ones one by one below
         pass
     ids, images, bad = [], [], []
     for fid, blob in rows:
         try:
-            images.append(decode_png(bytes(blob)))
+            image = decode_png(bytes(blob))
+            if image.shape[-1] != channels:
+                raise ValueError(f"{image.shape[-1]} channels, expected {channels}")
+            images.append(image)
             ids.append(fid)
         except Exception as e:  # noqa: BLE001 - a bad image must not stop the others
             log.error("flight %s: stored image cannot be decoded (%s); not scored", fid, e)
             bad.append(fid)
-    arr = np.stack(images) if images else np.zeros((0, 64, 64, 2), np.uint8)
+    arr = np.stack(images) if images else np.zeros((0, 64, 64, channels), np.uint8)
     return ids, arr, bad
 
 
@@ -121,18 +138,34 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
                  bad: list[int]) -> None:
     import tensorflow as tf
 
+    from pipeline.model import errors
+
     row = s.model
     if ids:
         errs, probs = s.forward(tf.convert_to_tensor(images, tf.float32))
-        ch = s.normaliser.channels(errs.numpy())
-        scores = ch.max(axis=1)
+        ch = s.normaliser.channels(errors.group_errors(errs.numpy()))
+        scores = s.normaliser.combine(ch)
         flags = scores > row.threshold
-        probs = probs.numpy()
-        recs = [reconstruction_png(probs[i]) if flags[i] else None for i in range(len(ids))]
+        names = errors.groups(s.channels)
+        top = [names[g] for g in s.normaliser.top(ch)]
+        er: list[int | None] = [None] * len(ids)
+        ec: list[int | None] = [None] * len(ids)
+        recs: list[bytes | None] = [None] * len(ids)
+        hit = np.flatnonzero(flags)
+        if hit.size:
+            probs = probs.numpy()
+            _, pix = errors.explain(images[hit], probs[hit], ch[hit],
+                                    row.params.get("pos_weight", errors.POS_WEIGHT),
+                                    s.normaliser.mask(ch.shape[1]))
+            for i, (r, c) in zip(hit.tolist(), pix.tolist()):
+                er[i], ec[i] = r, c
+                recs[i] = reconstruction_png(probs[i])
         params = {"model": row.id, "threshold": row.threshold, "ids": ids,
                   "scores": scores.tolist(), "flags": flags.tolist()}
-        conn.execute(_INSERT_SCORES, {**params, "ws": ch[:, 0].tolist(), "ss": ch[:, 1].tolist(),
-                                      "recs": recs})
+        conn.execute(_INSERT_SCORES, {
+            **params, "ws": ch[:, 0].tolist(), "ss": ch[:, 1].tolist(),
+            "ds": ch[:, 2].tolist() if ch.shape[1] > 2 else [None] * len(ids),
+            "chs": top, "ers": er, "ecs": ec, "recs": recs})
         conn.execute(_UPDATE_FLIGHTS, params)
     if bad:
         # Marked as seen by this model (score unknown) so they are not retried every minute.
@@ -172,10 +205,11 @@ def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = Fals
     while True:
         with engine.begin() as conn:
             rows = conn.execute(_PENDING, {"model": s.model.id, "since": since, "limit": batch,
-                                           "rescore": rescore, "started": started}).all()
+                                           "rescore": rescore, "started": started,
+                                           "format": s.image_format}).all()
             if not rows:
                 break
-            ids, images, bad = _decode(rows)
+            ids, images, bad = _decode(rows, s.channels)
             _score_batch(conn, s, ids, images, bad)
         total += len(ids)
         bad_total += len(bad)

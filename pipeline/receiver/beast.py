@@ -163,6 +163,7 @@ class BeastParser:
         wide[:, 2:] = view[starts[:, None] + _COUNTER_AT]
         counters = wide.view(">u8").ravel().astype(np.int64)
         first, last = (starts + 9).tolist(), ends[index].tolist()
+        messages: list[str | bytes]            # str if as_hex, else bytes
         if as_hex:
             text = buf.hex()
             messages = [text[2 * a:2 * b] for a, b in zip(first, last)]

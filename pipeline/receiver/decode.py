@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -288,6 +289,7 @@ class PositionDecoder:
         if not found:
             return b"", 0, set()
         self._found = []
+        extras: Sequence[_Extra]
         acs, ts, lats, lons, alts, extras, grounds = zip(*found)
         t = np.array(ts, np.float64)
         lat = np.array(lats, np.float64)

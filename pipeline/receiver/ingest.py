@@ -13,19 +13,24 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.config import Settings
 from pipeline.receiver.avr import AvrParser
 from pipeline.receiver.beast import BeastParser, CounterClock
-from pipeline.receiver.decode import PositionDecoder
+from pipeline.receiver.decode import DecodeCounters, PositionDecoder
+from pipeline.receiver.lines import LineParser
 from pipeline.receiver.sbs import SbsParser
 from pipeline.receiver.sources import TcpSource, detect_format, read_file
+
+if TYPE_CHECKING:
+    from pipeline.db.writer import PositionWriter
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 60.0
-_PARSERS = {"beast": BeastParser, "avr": AvrParser, "sbs": SbsParser}
+_PARSERS: dict[str, type[BeastParser] | type[LineParser]] = {
+    "beast": BeastParser, "avr": AvrParser, "sbs": SbsParser}
 
 
 class IngestStats:
@@ -36,9 +41,9 @@ class IngestStats:
         self.bytes = 0
         self.started = time.monotonic()
         self.sbs_bad_time = 0
-        self.parser = _PARSERS[fmt]()
-        self.decoder: PositionDecoder | None = None
-        self.writer = None
+        self.parser: BeastParser | LineParser = _PARSERS[fmt]()
+        self.decoder: PositionDecoder | None = None   # set by the _Pipeline updating these
+        self.writer: PositionWriter | None = None
         self.source: TcpSource | None = None
 
     # Framing
@@ -60,40 +65,46 @@ class IngestStats:
 
     # Decoding
     @property
+    def _counters(self) -> DecodeCounters:
+        if self.decoder is None:    # read before the pipeline is built (as before: AttributeError)
+            raise AttributeError("no decoder yet: the ingest has not started")
+        return self.decoder.counters
+
+    @property
     def messages(self) -> int:
-        return self.decoder.counters.messages if self.format != "sbs" else self.parser.frames
+        return self._counters.messages if self.format != "sbs" else self.parser.frames
 
     @property
     def crc_failures(self) -> int:
-        return self.decoder.counters.crc_failures
+        return self._counters.crc_failures
 
     @property
     def positions(self) -> int:
-        return self.decoder.counters.positions
+        return self._counters.positions
 
     @property
     def rejected_range(self) -> int:
-        return self.decoder.counters.rejected_range
+        return self._counters.rejected_range
 
     @property
     def rejected_speed(self) -> int:
-        return self.decoder.counters.rejected_speed
+        return self._counters.rejected_speed
 
     @property
     def rejected_altitude(self) -> int:
-        return self.decoder.counters.rejected_altitude
+        return self._counters.rejected_altitude
 
     @property
     def out_of_order(self) -> int:
-        return self.decoder.counters.out_of_order
+        return self._counters.out_of_order
 
     @property
     def duplicates(self) -> int:
-        return self.decoder.counters.duplicates
+        return self._counters.duplicates
 
     @property
     def aircraft_seen(self) -> int:
-        return len(self.decoder.counters.aircraft)
+        return len(self._counters.aircraft)
 
     # Writing
     @property
@@ -132,7 +143,7 @@ class IngestStats:
 class _Pipeline:
     """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
 
-    def __init__(self, settings: Settings, fmt: str, writer, *, clock: str,
+    def __init__(self, settings: Settings, fmt: str, writer: PositionWriter, *, clock: str,
                  start_time: float | None = None, stats: IngestStats | None = None) -> None:
         self.stats = stats if stats is not None else IngestStats(fmt)
         self.fmt = fmt
@@ -150,7 +161,7 @@ class _Pipeline:
     def process(self, data: bytes, received: float) -> None:
         self.stats.bytes += len(data)
         parser = self.stats.parser
-        if self.fmt == "beast":
+        if isinstance(parser, BeastParser):
             counters, messages = parser.feed_hex(data)
             self._decode(counters, messages, received)
         else:
@@ -158,8 +169,9 @@ class _Pipeline:
         self._hand_over()
 
     def finish(self, received: float) -> None:
-        if self.fmt != "beast":             # the last line may lack its line break
-            self._lines(self.stats.parser.finish(), received)
+        parser = self.stats.parser
+        if isinstance(parser, LineParser):  # the last line may lack its line break
+            self._lines(parser.finish(), received)
         self.decoder.finish()
         self._hand_over()
 
@@ -223,7 +235,7 @@ class _Pipeline:
                 dec.update_velocity(rec.icao, t, rec.groundspeed, rec.track, rec.vertical_rate)
 
 
-def _make_writer(settings: Settings):
+def _make_writer(settings: Settings) -> PositionWriter:
     from pipeline.db.engine import make_engine
     from pipeline.db.writer import PositionWriter
 
@@ -258,7 +270,8 @@ def _parse_start(start_time: str | float | dt.datetime | None, path: Path) -> fl
 
 def ingest_file(settings: Settings, path: str | Path, fmt: str = "auto",
                 start_time: str | float | dt.datetime | None = None, progress: bool = True,
-                stop: threading.Event | None = None, writer=None) -> IngestStats:
+                stop: threading.Event | None = None,
+                writer: PositionWriter | None = None) -> IngestStats:
     """Replay a capture file into the database. Beast and AVR counters are anchored at
     ``start_time`` (counter 0 = start time); SBS lines carry their own times."""
     path = Path(path)
@@ -306,7 +319,7 @@ def _summary(stats: IngestStats) -> str:
                      for k, v in stats.as_dict().items())
 
 
-def run_live(settings: Settings, stop: threading.Event, writer=None,
+def run_live(settings: Settings, stop: threading.Event, writer: PositionWriter | None = None,
              stats: IngestStats | None = None, *, start_time: float | None = None,
              on_start: Callable[[IngestStats], None] | None = None) -> IngestStats:
     """Follow the receiver at ADSB_RECEIVER_HOST:port until ``stop`` is set, then flush.

@@ -16,13 +16,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 import sqlalchemy as sa
-from test_service import chunks
 
 from conftest import PARIS_BEAST, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
 from pipeline import config
 from pipeline.beast_server import BeastServer
 from pipeline.db import migrate
 from pipeline.receiver.ingest import IngestStats, run_live
+from test_service import chunks
 
 OUTAGE_S = 30.0
 PER_SECOND = 12                 # 4 KiB pieces of the capture a second: ~1,000 positions/s

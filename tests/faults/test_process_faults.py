@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-from conftest import PARIS_BEAST, need
-from test_service import chunks, positions, replayed_positions, service_env
 
+from conftest import PARIS_BEAST, need
 from pipeline.beast_server import BeastServer
+from test_service import chunks, positions, replayed_positions, service_env
 
 BATCH_ROWS = 2000
 
