@@ -45,9 +45,10 @@ class Flights:
     turning_deg: np.ndarray
 
 
-def load_flights(engine: sa.Engine, since: dt.datetime | None = None) -> Flights:
+def load_flights(engine: sa.Engine, since: dt.datetime | None = None,
+                 until: dt.datetime | None = None) -> Flights:
     """Every finished flight with an image of the current format (that began at or after
-    ``since``)."""
+    ``since``; that ended before ``until``)."""
     from pipeline.flights import raster
     from pipeline.model.data import decode_images
 
@@ -57,7 +58,8 @@ def load_flights(engine: sa.Engine, since: dt.datetime | None = None) -> Flights
               FROM flights WHERE state = 'finished' AND image IS NOT NULL
                AND image_format = :format
                AND (CAST(:since AS timestamptz) IS NULL OR first_seen >= :since)
-             ORDER BY id"""), {"format": raster.FORMAT, "since": since}).all()
+               AND (CAST(:until AS timestamptz) IS NULL OR last_seen < :until)
+             ORDER BY id"""), {"format": raster.FORMAT, "since": since, "until": until}).all()
     return Flights(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
                    decode_images([bytes(r[2]) for r in rows], raster.NCH),
                    np.array([r[3] for r in rows], float), np.array([r[4] for r in rows], float))
@@ -257,24 +259,11 @@ def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
     ch = norm.channels(errors.group_errors(errs))
     y = labels.of(f.icao24)
     model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
-    fit_images = f.images if since is None else _before(engine, since)
+    fit_images = f.images if since is None else load_flights(engine, until=since).images
     columns = {**model_cols, **_baseline_columns(fit_images, f)}
     return Report(_rows(columns, y, row.threshold, tuple(model_cols)), columns, y, f, row.version,
                   row.threshold, by_kind=_by_kind(columns, y, labels.kinds_of(f.icao24)),
                   train_until=since)
-
-
-def _before(engine: sa.Engine, until: dt.datetime) -> np.ndarray:
-    """Images of the finished flights that ended before ``until`` (baselines' training set)."""
-    from pipeline.flights import raster
-    from pipeline.model.data import decode_images
-
-    with engine.connect() as conn:
-        blobs = conn.execute(sa.text(
-            "SELECT image FROM flights WHERE state = 'finished' AND image IS NOT NULL "
-            "AND image_format = :f AND last_seen < :t ORDER BY id"),
-            {"f": raster.FORMAT, "t": until}).scalars().all()
-    return decode_images([bytes(b) for b in blobs], raster.NCH)
 
 
 def _when(t: dt.datetime) -> str:

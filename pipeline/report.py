@@ -46,7 +46,6 @@ ROWS = ("where", "direction", "shape")     # format 1 images have no direction r
 WIDTH = ROW_LABEL_W + len(COLUMNS) * PANEL + (len(COLUMNS) - 1) * GAP
 COMPASS_H = 24                            # the direction legend under the other two
 HEIGHT = HEADER_H + len(ROWS) * PANEL + (len(ROWS) - 1) * GAP + LEGEND_H + COMPASS_H
-COMPASS, SECTOR_RGB = show.COMPASS, show.SECTOR_RGB
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 
@@ -124,18 +123,15 @@ def decode_reconstruction(data: bytes) -> np.ndarray:
     return np.stack([arr[:, k * raster.SIZE:(k + 1) * raster.SIZE] for k in range(c)], axis=-1)
 
 
-compass = show.compass
-
-
 def row_panels(original: np.ndarray, reconstruction: np.ndarray | None, name: str
                ) -> list[np.ndarray]:
     """RGB panels (original, reconstruction, error) of one channel group."""
     if name == "direction":
         orig = original[:, :, raster.DIRECTION].astype(np.float64)
-        panels = [compass(orig)]
+        panels = [show.compass(orig)]
         if reconstruction is not None:
             rec = reconstruction[:, :, raster.DIRECTION]
-            panels += [compass(rec), heat(np.abs(orig - rec).max(axis=-1))]
+            panels += [show.compass(rec), heat(np.abs(orig - rec).max(axis=-1))]
         return panels
     k = raster.WHERE if name == "where" else raster.SHAPE
     orig = original[:, :, k].astype(np.float64)
@@ -227,8 +223,8 @@ def render_flight(original: np.ndarray, reconstruction: np.ndarray | None,
         x = ROW_LABEL_W
         draw.text((x, y + 38), "direction of travel:", fill=INK, font=small, anchor="lm")
         x += 120
-        for k, label in enumerate(COMPASS):
-            colour = tuple(int(v) for v in SECTOR_RGB[k])
+        for k, label in enumerate(show.COMPASS):
+            colour = tuple(int(v) for v in show.SECTOR_RGB[k])
             draw.rectangle((x, y + 32, x + 12, y + 44), fill=colour, outline=INK)
             draw.text((x + 16, y + 38), label, fill=INK, font=small, anchor="lm")
             x += 48

@@ -226,22 +226,17 @@ def pixel_errors(images: np.ndarray, probs: np.ndarray, pos_weight: float = POS_
     return -(pos_weight * y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
-def explain(images: np.ndarray, probs: np.ndarray, group_scores: np.ndarray,
-            pos_weight: float = POS_WEIGHT, scored: np.ndarray | None = None
-            ) -> tuple[list[str], np.ndarray]:
-    """For each flight: the group that carried its score (largest normalised score among the
-    ``scored`` groups) and the (row, col) pixel of the largest error within that group's
-    channels."""
-    names = groups(images.shape[-1])
-    mask = np.ones(group_scores.shape[1], bool) if scored is None else scored
-    top = np.where(mask, group_scores, -np.inf).argmax(axis=1)
+def error_pixels(images: np.ndarray, probs: np.ndarray, top: np.ndarray,
+                 pos_weight: float = POS_WEIGHT) -> np.ndarray:
+    """(n, 2) pixel (row, col) of the largest error of each flight within the channels of the
+    group that carried its score (``top``: group index, from ``Normaliser.top``)."""
     err = pixel_errors(images, probs, pos_weight)
     m = group_matrix(images.shape[-1]) > 0                       # (C, G)
     where = np.zeros((len(images), 2), dtype=np.int64)
     for i, g in enumerate(top):
         e = err[i][:, :, m[:, g]].max(axis=-1)
         where[i] = np.unravel_index(int(np.argmax(e)), e.shape)
-    return [names[g] for g in top], where
+    return where
 
 
 def lit_recall_precision(images: np.ndarray, probs: np.ndarray) -> list[tuple[float, float]]:

@@ -147,16 +147,16 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
         scores = s.normaliser.combine(ch)
         flags = scores > row.threshold
         names = errors.groups(s.channels)
-        top = [names[g] for g in s.normaliser.top(ch)]
+        top_group = s.normaliser.top(ch)
+        top = [names[g] for g in top_group]
         er: list[int | None] = [None] * len(ids)
         ec: list[int | None] = [None] * len(ids)
         recs: list[bytes | None] = [None] * len(ids)
         hit = np.flatnonzero(flags)
         if hit.size:
             probs = probs.numpy()
-            _, pix = errors.explain(images[hit], probs[hit], ch[hit],
-                                    row.params.get("pos_weight", errors.POS_WEIGHT),
-                                    s.normaliser.mask(ch.shape[1]))
+            pix = errors.error_pixels(images[hit], probs[hit], top_group[hit],
+                                      row.params.get("pos_weight", errors.POS_WEIGHT))
             for i, (r, c) in zip(hit.tolist(), pix.tolist()):
                 er[i], ec[i] = r, c
                 recs[i] = reconstruction_png(probs[i])

@@ -45,6 +45,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from pipeline.config import Settings
+from pipeline.flights import raster
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
     rho = errors.spearman(oof_scores, lit)
     params = {
         "loss": loss, "pos_weight": errors.POS_WEIGHT, "architecture": arch.to_json(),
-        "image_format": _format(), "channels": int(window.images.shape[-1]),
+        "image_format": raster.FORMAT, "channels": int(window.images.shape[-1]),
         "groups": list(errors.groups(window.images.shape[-1])),
         "normaliser": norm.to_json(), "seed": seed, "plain": plain, "folds": k,
         "augment": augment, "screen_k": settings.train_screen_k,
@@ -316,11 +317,6 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
     return Candidate(model, norm, thr, keep, excluded, cross, oof_scores,
                      float(groups.mean()), cross.recall_precision(), rho,
                      time.monotonic() - t_start, params)
-
-
-def _format() -> int:
-    from pipeline.flights import raster
-    return raster.FORMAT
 
 
 def screen(window, settings: Settings, plain: bool, active_id: int | None
