@@ -102,6 +102,31 @@ class Settings:
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
     metrics_port: int = _setting(9108, "Port of the metrics endpoint (0 disables it).",
                                  minimum=0, maximum=65535)
+    web_host: str = _setting("127.0.0.1", "Address of the web pages (flags, flights, models). "
+                             "Bound beyond loopback, every write needs ADSB_WEB_TOKEN.")
+    web_port: int = _setting(8760, "Port of the web pages (0 disables them). The default keeps "
+                             "clear of tar1090/SkyAware (80, 8080), the FR24 feeder (8754) and "
+                             "Plane Finder (30053).", minimum=0, maximum=65535)
+    web_token: str | None = _setting(None, "Token the web pages ask for before a write (a "
+                                     "verdict). Needed when ADSB_WEB_HOST is not loopback.",
+                                     secret=True)
+    web_token_file: str | None = _setting(None, "File holding ADSB_WEB_TOKEN (Docker/compose "
+                                          "secrets); it replaces ADSB_WEB_TOKEN.")
+    public_url: str | None = _setting(None, "Address users open the web pages at, for links in "
+                                      "alerts (default: http://ADSB_WEB_HOST:ADSB_WEB_PORT).")
+    alert_webhook_url: str | None = _setting(None, "POST a JSON body to this URL on each new "
+                                             "flag (unset: no webhook).", secret=True)
+    alert_mqtt_url: str | None = _setting(None, "MQTT broker for flag messages, "
+                                          "mqtt://[user:pass@]host[:port] (unset: no MQTT).",
+                                          secret=True)
+    alert_mqtt_topic: str = _setting("adsb/flags", "MQTT topic prefix; messages go to "
+                                     "<prefix>/<ADSB_RECEIVER_ID>.")
+    alert_notify_channel: str | None = _setting("adsb_flags", "PostgreSQL NOTIFY channel for new "
+                                                "flags (LISTEN adsb_flags); empty disables.")
+    alert_backoff_max_s: float = _setting(600.0, "Longest wait between two delivery attempts of "
+                                          "an alert while its endpoint is down.", minimum=1)
+    alert_give_up_hours: float = _setting(24.0, "An alert not delivered after this many hours is "
+                                          "given up (logged and counted).", minimum=0.01)
     log_level: str = _setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     # ---- derived values -------------------------------------------------------------------
@@ -175,6 +200,9 @@ def load(environ: Mapping[str, str] | None = None,
     settings = Settings(**values)
     if settings.database_password_file and not Path(settings.database_password_file).is_file():
         raise ConfigError(env_name("database_password_file"), settings.database_password_file,
+                          "file does not exist")
+    if settings.web_token_file and not Path(settings.web_token_file).is_file():
+        raise ConfigError(env_name("web_token_file"), settings.web_token_file,
                           "file does not exist")
     if settings.train_min_flights > settings.train_max_flights:
         raise ConfigError(env_name("train_min_flights"), settings.train_min_flights,

@@ -122,6 +122,33 @@ job_runs = sa.Table(
     sa.Column("failures", sa.BigInteger),
 )
 
+flight_labels = sa.Table(
+    "flight_labels", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("flight_id", sa.BigInteger, sa.ForeignKey("flights.id"), nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+alert_outbox = sa.Table(
+    "alert_outbox", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("flight_id", sa.BigInteger, sa.ForeignKey("flights.id"), nullable=False),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
+    sa.Column("sink", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+)
+
 # ---- views (created by the migrations too; kept apart so create_all can never make them tables)
 views = sa.MetaData()
 
@@ -141,4 +168,14 @@ flagged_flights = sa.Table(
     sa.Column("model_version", sa.Text),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
     sa.Column("channel", sa.Text),
+    sa.Column("verdict", sa.Text),
+)
+
+flight_verdicts = sa.Table(
+    "flight_verdicts", views,
+    sa.Column("flight_id", sa.BigInteger),
+    sa.Column("verdict", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("author", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
 )
