@@ -32,7 +32,8 @@ VOLUME ["/data", "/models"]
 
 USER adsb
 WORKDIR /data
-EXPOSE 9108
+# 9108: /metrics and /healthz; 8760: the web pages (served by `run` and `worker`).
+EXPOSE 9108 8760
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ADSB_METRICS_PORT', '9108'), timeout=4)" || exit 1

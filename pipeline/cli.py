@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-score the last ADSB_RESCORE_DAYS with the active model")
     p = command("evaluate", "pipeline.evaluate:command",
                 "rank quality of the active model and baselines against labelled aircraft")
-    p.add_argument("--labels", required=True,
-                   help="CSV with columns icao24,label[,kind] (1 = anomalous)")
+    p.add_argument("--labels", required=True, metavar="CSV|db",
+                   help="CSV with columns icao24,label[,kind] (1 = anomalous), or 'db': the "
+                        "verdicts users gave (newest per flight; 1 = judged anomalous, 0 = "
+                        "judged normal; flights without a verdict are not judged)")
     p.add_argument("--train-until", metavar="ISO",
                    help="judge as deployed: train on flights that ended before this time, judge "
                         "only those that began at or after it (e.g. 2021-10-07T13:30:00Z)")
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=50, help="at most this many flights")
     p.add_argument("--out", required=True, help="directory to write index.html and PNGs to")
     command("status", "pipeline.status:status_command", "print a summary of the service's state")
+    command("web", "pipeline.web.server:command",
+            "serve only the web pages (flags, flights, models, verdicts) on "
+            "ADSB_WEB_HOST:ADSB_WEB_PORT; `run` and `worker` serve them too")
 
     # -- service -----------------------------------------------------------------------------
     command("run", "pipeline.service:run_command",

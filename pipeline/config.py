@@ -58,7 +58,8 @@ class Settings:
                                          "link is treated as dead and reconnected.", minimum=0.1)
     receiver_clock: str = _setting("wall", "Time stamp of live messages: 'wall' = receive time; "
                                    "'counter' = the Beast/AVR 12 MHz counter, anchored at the "
-                                   "wall clock when the first frame arrives.",
+                                   "wall clock on the first frame that passes CRC, re-anchored "
+                                   "after a receiver restart.",
                                    choices=("wall", "counter"))
     range_km: float = _setting(121.0, "Receiver range: positions beyond 1.5x are rejected; the "
                                "'where' image covers +-range.", minimum=1, maximum=1000)
@@ -76,6 +77,13 @@ class Settings:
     train_min_flights: int = _setting(200, "Refuse to train on fewer flights.", minimum=10)
     train_budget_s: float = _setting(600.0, "Wall-clock budget of one training run, seconds.", minimum=5)
     train_cron: str = _setting("0 3 * * *", "When the worker retrains (crontab syntax, UTC).")
+    worker_tick_s: float = _setting(60.0, "Seconds between the worker's passes that close, "
+                                    "rasterize and score flights. Shorter only to replay "
+                                    "traffic faster than real time (bench/soak.py).", minimum=1)
+    retention_interval_s: float = _setting(86400.0, "Seconds between the worker's retention "
+                                           "passes (partitions ahead, ADSB_RETENTION_DAYS). "
+                                           "Shorter only to replay traffic faster than real "
+                                           "time (bench/soak.py).", minimum=10)
     train_seed: int | None = _setting(None, "Fixed random seed for training (reproducible runs).")
     train_screen_k: float = _setting(3.0, "Leave flights out of training whose log tortuosity is "
                                      "above median + k x MAD of the window (circling and "
@@ -117,7 +125,8 @@ class Settings:
     alert_webhook_url: str | None = _setting(None, "POST a JSON body to this URL on each new "
                                              "flag (unset: no webhook).", secret=True)
     alert_mqtt_url: str | None = _setting(None, "MQTT broker for flag messages, "
-                                          "mqtt://[user:pass@]host[:port] (unset: no MQTT).",
+                                          "mqtt://[user:pass@]host[:port] (mqtts:// for TLS; "
+                                          "unset: no MQTT).",
                                           secret=True)
     alert_mqtt_topic: str = _setting("adsb/flags", "MQTT topic prefix; messages go to "
                                      "<prefix>/<ADSB_RECEIVER_ID>.")

@@ -17,7 +17,10 @@ Without ``--train-until`` the active (or given) model is judged on every finishe
 before: figures on flights a model trained on flatter it (see docs/model.md).
 
 Labels: CSV with columns icao24,label[,kind]; 1 = anomalous; a flight's label is its
-aircraft's; aircraft not in the file count as normal.
+aircraft's; aircraft not in the file count as normal. Or ``--labels db``: the user's verdicts
+(``flight_verdicts``, the newest per flight): 1 = judged anomalous, 0 = judged normal, and
+flights without a verdict are left out of the judged set (the baselines and the model are still
+fitted as without labels).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
+LABELS_FROM_DB = "db"
+
+
 @dataclass
 class Flights:
     ids: np.ndarray
@@ -43,6 +49,10 @@ class Flights:
     images: np.ndarray
     tortuosity: np.ndarray
     turning_deg: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> "Flights":
+        return Flights(self.ids[mask], [a for a, m in zip(self.icao24, mask) if m],
+                       self.images[mask], self.tortuosity[mask], self.turning_deg[mask])
 
 
 def load_flights(engine: sa.Engine, since: dt.datetime | None = None,
@@ -67,14 +77,33 @@ def load_flights(engine: sa.Engine, since: dt.datetime | None = None,
 
 @dataclass
 class Labels:
+    """Per aircraft (``label``, ``kind``: a CSV), or per flight (``flight``: the verdicts;
+    flights without one are not judged)."""
+
     label: dict[str, int]
     kind: dict[str, str]
+    flight: dict[int, int] | None = None
 
     def of(self, icao24: list[str]) -> np.ndarray:
         return np.array([self.label.get(a.lower(), 0) for a in icao24], dtype=int)
 
     def kinds_of(self, icao24: list[str]) -> list[str]:
         return [self.kind.get(a.lower(), "") for a in icao24]
+
+    def judged(self, f: Flights) -> tuple[Flights, np.ndarray]:
+        """The flights that are judged, and their labels."""
+        if self.flight is None:
+            return f, self.of(f.icao24)
+        mask = np.array([int(i) in self.flight for i in f.ids], dtype=bool)
+        sub = f.subset(mask)
+        return sub, np.array([self.flight[int(i)] for i in sub.ids], dtype=int)
+
+
+def read_labels_db(engine: sa.Engine) -> Labels:
+    """The user's newest verdict per flight: 1 = anomalous, 0 = normal."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT flight_id, verdict FROM flight_verdicts")).all()
+    return Labels({}, {}, {int(fid): int(v == "anomalous") for fid, v in rows})
 
 
 def read_labels(path: Path) -> Labels:
@@ -206,10 +235,10 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
         raise RuntimeError(f"only {len(window.ids)} finished flights before {_when(train_until)}; "
                            f"at least {settings.train_min_flights} are needed "
                            f"(ADSB_TRAIN_MIN_FLIGHTS)")
-    f = load_flights(engine, since=train_until)
+    f, y = labels.judged(load_flights(engine, since=train_until))
     if not len(f.ids):
-        raise RuntimeError(f"no finished flight began at or after {_when(train_until)}: "
-                           "nothing to judge")
+        raise RuntimeError(f"no finished flight {'with a verdict ' if labels.flight is not None else ''}"
+                           f"began at or after {_when(train_until)}: nothing to judge")
     assert not set(f.ids.tolist()) & set(window.ids.tolist()), "a judged flight was trained on"
     cand = train.fit_candidate(window, settings, seed=seed, plain=plain, **fit_options)
     names = errors.groups(f.images.shape[-1])
@@ -217,8 +246,7 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
     judged = cand.normaliser.channels(judged_errs)
     kept = window.images[cand.keep]
     seen_errs = errors.group_errors(errors.errors_of(cand.model, kept))
-    y = labels.of(f.icao24)
-    seen_y = labels.of([window.icao24[i] for i in np.flatnonzero(cand.keep)])
+    seen_y = _seen_labels(labels, window, cand.keep)
     model_cols = _model_columns(judged, names, cand.normaliser)
     columns = {**model_cols, **_baseline_columns(kept, f)}
     rows = _rows(columns, y, cand.threshold, tuple(model_cols))
@@ -247,7 +275,11 @@ def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
 
     if isinstance(labels, dict):
         labels = Labels(labels, {})
-    f = flights or load_flights(engine, since=since)
+    every = flights or load_flights(engine, since=since)
+    f, y = labels.judged(every)
+    if not len(f.ids):
+        raise RuntimeError("no finished flight has a verdict: nothing to judge"
+                           if labels.flight is not None else "no finished flight to judge")
     with engine.connect() as conn:
         row = registry.get(conn, model_id) if model_id else registry.active(conn)
     if row is None:
@@ -257,13 +289,21 @@ def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
                             row.params.get("pos_weight", errors.POS_WEIGHT))
     norm = errors.Normaliser.from_json(row.params["normaliser"])
     ch = norm.channels(errors.group_errors(errs))
-    y = labels.of(f.icao24)
     model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
-    fit_images = f.images if since is None else load_flights(engine, until=since).images
+    fit_images = every.images if since is None else load_flights(engine, until=since).images
     columns = {**model_cols, **_baseline_columns(fit_images, f)}
     return Report(_rows(columns, y, row.threshold, tuple(model_cols)), columns, y, f, row.version,
                   row.threshold, by_kind=_by_kind(columns, y, labels.kinds_of(f.icao24)),
                   train_until=since)
+
+
+def _seen_labels(labels: Labels, window, keep: np.ndarray) -> np.ndarray:
+    """Labels of the fitted flights; -1 where a per-flight labelling has no verdict (neither
+    ordinary nor anomalous: left out of the seen-flights median)."""
+    idx = np.flatnonzero(keep)
+    if labels.flight is None:
+        return labels.of([window.icao24[i] for i in idx])
+    return np.array([labels.flight.get(int(window.ids[i]), -1) for i in idx], dtype=int)
 
 
 def _when(t: dt.datetime) -> str:
@@ -315,11 +355,12 @@ def write_flights_csv(path: Path, f: Flights, y: np.ndarray, columns: dict) -> N
 
 
 def command(settings: Settings, args) -> int:
-    """``adsb-pipeline evaluate --labels CSV [--train-until ISO] [--seed N] [--out CSV]``."""
+    """``adsb-pipeline evaluate --labels CSV|db [--train-until ISO] [--seed N] [--out CSV]``."""
     from pipeline.db.engine import make_engine
 
     engine = make_engine(settings)
-    labels = read_labels(Path(args.labels))
+    labels = read_labels_db(engine) if args.labels == LABELS_FROM_DB \
+        else read_labels(Path(args.labels))
     try:
         if args.train_until:
             until = dt.datetime.fromisoformat(args.train_until.replace("Z", "+00:00"))
@@ -332,8 +373,9 @@ def command(settings: Settings, args) -> int:
         log.error("%s", e)
         return 1
     if report.y.sum() == 0:
-        log.error("none of the %d judged flights belongs to an aircraft labelled 1 in %s",
-                  len(report.y), args.labels)
+        log.error("none of the %d judged flights %s", len(report.y),
+                  "was judged anomalous" if labels.flight is not None
+                  else f"belongs to an aircraft labelled 1 in {args.labels}")
         return 1
     print(format_report(report))
     if args.out:

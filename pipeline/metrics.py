@@ -34,7 +34,8 @@ class IngestCollector:
         for name, value in sorted(values.items()):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if name.endswith(("_s", "_seconds", "lag", "connected", "rate")):
+            if name.endswith(("_s", "_seconds", "lag", "connected", "rate", "_tracked",
+                              "_buffered")):
                 g = GaugeMetricFamily(f"adsb_ingest_{name}", f"ingest {name.replace('_', ' ')}")
                 g.add_metric([], float(value))
                 yield g
@@ -65,6 +66,7 @@ class DatabaseCollector:
                 flags_hour = c.execute(sa.text(
                     "SELECT count(*) FROM flights WHERE flagged AND scored_at > now() - interval '1 hour'"
                 )).scalar()
+                alerts = c.execute(_ALERTS).all()
         except Exception as e:  # the endpoint must keep answering while the database is away
             log.debug("metrics: database query failed: %s", e)
             up.add_metric([], 0.0)
@@ -96,6 +98,34 @@ class DatabaseCollector:
         f = GaugeMetricFamily("adsb_flags_last_hour", "flights flagged in the last hour")
         f.add_metric([], float(flags_hour or 0))
         yield f
+        yield from _alert_metrics(alerts)
+
+
+# Alert delivery as counters read from the outbox (rows are never deleted but with their
+# flight), so every worker exports the same totals whichever of them sent what.
+_ALERTS = sa.text("""
+    SELECT sink,
+           count(*) FILTER (WHERE delivered_at IS NOT NULL)                            AS sent,
+           coalesce(sum(attempts), 0)                                                  AS failed,
+           count(*) FILTER (WHERE delivered_at IS NULL AND next_attempt_at = 'infinity') AS given_up,
+           count(*) FILTER (WHERE delivered_at IS NULL AND next_attempt_at < 'infinity') AS pending
+      FROM alert_outbox GROUP BY sink""")
+
+
+def _alert_metrics(rows):
+    sent = CounterMetricFamily("adsb_alerts_sent", "flag alerts delivered", labels=["sink"])
+    failed = CounterMetricFamily("adsb_alerts_failed", "failed delivery attempts of flag alerts",
+                                 labels=["sink"])
+    given_up = CounterMetricFamily("adsb_alerts_given_up", "flag alerts given up after "
+                                   "ADSB_ALERT_GIVE_UP_HOURS", labels=["sink"])
+    pending = GaugeMetricFamily("adsb_alerts_pending", "flag alerts waiting to be delivered",
+                                labels=["sink"])
+    for sink, n_sent, n_failed, n_given_up, n_pending in rows:
+        sent.add_metric([sink], float(n_sent))
+        failed.add_metric([sink], float(n_failed))
+        given_up.add_metric([sink], float(n_given_up))
+        pending.add_metric([sink], float(n_pending))
+    yield from (sent, failed, given_up, pending)
 
 
 class MetricsServer:

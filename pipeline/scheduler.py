@@ -2,13 +2,18 @@
 
 Jobs, all with ``coalesce=True`` and ``max_instances=1``:
 
-* ``flights``   every minute: place new positions, close finished flights, draw their images;
-* ``score``     every minute: score finished flights with the active model;
+* ``flights``   every ADSB_WORKER_TICK_S (a minute): place new positions, close finished
+  flights, draw their images;
+* ``score``     every ADSB_WORKER_TICK_S: score finished flights with the active model;
 * ``train``     on ADSB_TRAIN_CRON, in a child process (a crash or an out-of-memory kill of
   TensorFlow cannot take the scheduler down);
 * ``train-when-ready`` every few minutes: train at once when no model is active but enough
   finished flights exist (a fresh install need not wait for the nightly run);
-* ``retention`` daily: partitions ahead, and dropping positions older than ADSB_RETENTION_DAYS.
+* ``retention`` every ADSB_RETENTION_INTERVAL_S (daily): partitions ahead, and dropping positions older than ADSB_RETENTION_DAYS;
+* ``alerts``    every ALERT_TICK_S: send due flag alerts (webhook, MQTT) from ``alert_outbox``
+  (pipeline.alerts.delivery). Not recorded in ``job_runs`` (it would rewrite it 17,000 times a
+  day; the outbox rows are its record) and never raises: a failing pass is logged at most
+  every few minutes.
 
 Each run is recorded in ``job_runs``. A failing job (database gone, training crashed) is
 logged and counted; the next tick simply tries again. Every job is safe with two workers on
@@ -17,6 +22,7 @@ one database: the flight pass holds an advisory lock and skips while another wor
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -27,7 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -43,8 +49,8 @@ from pipeline.flights.clock import data_clock
 
 log = logging.getLogger(__name__)
 
-TICK_S = 60
 TRAIN_CHECK_S = 300
+ALERT_TICK_S = 5            # a new flag's alerts leave within seconds of its scoring pass
 # After an automatic training attempt (failed or rejected), wait this long before the next.
 TRAIN_RETRY = dt.timedelta(hours=1)
 CHILD_GRACE_S = 30          # SIGTERM, then this long, then SIGKILL
@@ -70,6 +76,7 @@ class Worker:
         self._child: subprocess.Popen | None = None
         self._child_lock = threading.Lock()
         self._scorer_missing = False
+        self._deliverer: Any = None
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def run(self, job: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
@@ -114,13 +121,19 @@ class Worker:
             return None
         return score_pending(self.engine, self.settings)
 
+    def deliver_alerts(self) -> Any:
+        """Send due flag alerts (its own job: a slow endpoint never holds up scoring)."""
+        if self._deliverer is None:
+            from pipeline.alerts.delivery import Deliverer
+
+            self._deliverer = Deliverer(self.settings, stopping=self.stopping)
+        return self._deliverer.run(self.engine)
+
     def train(self) -> int | None:
         """Train in a child process; returns its exit status (0), None when another training
         runs (here or in another worker), raises if it failed."""
-        # The transaction only carries the advisory lock, so that two workers never train at
-        # once; it ends (and frees the lock) whatever happens to the child.
-        with self.engine.begin() as conn:
-            if not store.take_lock(conn, "adsb.train", wait=False):
+        with training_lock(self.engine) as held:
+            if not held:
                 log.info("training: another training run is in progress; skipping")
                 return None
             return self._train_child()
@@ -207,6 +220,38 @@ class Worker:
         self.terminate_child()
 
 
+TRAIN_LOCK = "adsb.train"
+
+
+@contextlib.contextmanager
+def training_lock(engine: sa.Engine) -> Iterator[bool]:
+    """Yields whether this worker may train (no other worker trains); the lock is held until
+    the block ends.
+
+    A session-level advisory lock on a connection of its own in autocommit mode: the fit takes
+    minutes to hours, and a transaction carrying the lock would sit "idle in transaction" all
+    that time (holding back vacuum on every table). The lock belongs to the session, not to a
+    transaction: it is released here at the end, or by the server when the session ends, so a
+    worker killed while training leaves no lock behind."""
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    held = False
+    try:
+        held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:k))"),
+                                 {"k": TRAIN_LOCK}).scalar())
+        yield held
+    finally:
+        try:
+            if held:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"),
+                             {"k": TRAIN_LOCK})
+        except sa.exc.DBAPIError:
+            # The session is gone (and its lock with it); never pool a connection that may
+            # still hold the lock.
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
 def settings_env(settings: Settings, engine: sa.Engine | None = None) -> dict[str, str]:
     """ADSB_* variables that give a child process exactly these settings (and this database,
     even an embedded one started by this process)."""
@@ -246,9 +291,10 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
     def job(name: str, fn: Callable[[], Any]) -> Callable[[], tuple[bool, Any] | None]:
         return lambda: None if worker.stopping.is_set() else worker.run(name, fn)
 
-    sched.add_job(job("flights", worker.close_flights), "interval", seconds=TICK_S,
+    sched.add_job(job("flights", worker.close_flights), "interval", seconds=settings.worker_tick_s,
                   id="flights", name="close and rasterize flights", next_run_time=now)
-    sched.add_job(job("score", worker.score), "interval", seconds=TICK_S, id="score",
+    sched.add_job(job("score", worker.score), "interval", seconds=settings.worker_tick_s,
+                  id="score",
                   name="score finished flights", next_run_time=now + dt.timedelta(seconds=20))
     sched.add_job(job("train", worker.train), cron_trigger(settings.train_cron),
                   id="train", name="train a model",
@@ -256,7 +302,11 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
     sched.add_job(job("train-when-ready", worker.train_when_ready), "interval",
                   seconds=TRAIN_CHECK_S, id="train-when-ready",
                   name="train when no model is active", next_run_time=now + dt.timedelta(seconds=40))
-    sched.add_job(job("retention", worker.retention), "interval", days=1, id="retention",
+    sched.add_job(lambda: None if worker.stopping.is_set() else worker.deliver_alerts(),
+                  "interval", seconds=ALERT_TICK_S, id="alerts", name="deliver flag alerts",
+                  next_run_time=now + dt.timedelta(seconds=ALERT_TICK_S))
+    sched.add_job(job("retention", worker.retention), "interval",
+                  seconds=settings.retention_interval_s, id="retention",
                   name="partitions ahead and retention", next_run_time=now,
                   misfire_grace_time=3600)
     return sched

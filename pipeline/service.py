@@ -3,7 +3,8 @@
 Signals: SIGTERM/SIGINT set one stop event; ingest stops reading, flushes buffered rows (or
 journals them if the database is away) and the worker abandons its job cleanly (a training
 child gets SIGTERM). Every process serves ``/metrics`` and ``/healthz`` and the ingest side
-writes a heartbeat row that ``adsb-pipeline status`` reads.
+writes a heartbeat row that ``adsb-pipeline status`` reads. ``run`` and ``worker`` also serve the
+web pages (:mod:`pipeline.web`), stopped with the rest.
 """
 
 from __future__ import annotations
@@ -168,6 +169,11 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
         threads.append(_thread("worker", lambda: run_worker(settings, stop, engine=engine), stop))
     metrics = _metrics(settings, engine, holder,
                        holder.health if holder is not None else (lambda: (True, "ok")))
+    web = None
+    if worker:    # the pages live beside the worker (`run`, `worker`), on its engine
+        from pipeline.web.server import start_for_service
+
+        web = start_for_service(settings, engine)
     try:
         while not stop.wait(0.5):
             pass
@@ -175,6 +181,8 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
         _join(threads, SHUTDOWN_S)
         if metrics is not None:
             metrics.stop()
+        if web is not None:
+            web.stop()
         engine.dispose()
     return 0
 

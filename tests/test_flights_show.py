@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 from PIL import Image
 
@@ -53,3 +54,13 @@ def test_show_writes_both_channels_enlarged_on_a_fixed_scale(db_url, engine, tmp
 def test_fixed_scale_does_not_stretch_faint_values():
     faint = np.full((64, 64), 0.1)
     assert show.to_gray(faint).min() == 230 and show.to_gray(np.ones((64, 64))).max() == 0
+
+
+def test_show_says_why_a_short_flight_has_no_picture(db_url, engine):
+    copy_positions(engine, track("bbbbbb", T0, 5, dlat=0.01, dlon=0.02))
+    assert cli.main(["process", "--final", "--no-score", "--database-url", db_url]) == 0
+    with engine.connect() as conn:
+        fid, state, png = conn.execute(sa.text("SELECT id, state, image FROM flights")).one()
+    assert state == "finished" and png is None
+    with pytest.raises(ValueError, match="5 positions over 20 s are too few to draw"):
+        show.render_flight(engine, fid, 121.0)

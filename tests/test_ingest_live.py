@@ -43,6 +43,26 @@ class DroppingReceiver:
         self.done.wait(60)
 
 
+def _ingest_live(settings, server: DroppingReceiver, clock: str, until_bytes: int,
+                 timeout_s: float):
+    """The live ingest connected to ``server`` until it has read ``until_bytes``, then stopped
+    as SIGTERM stops it. Returns (its settings, its stats)."""
+    live = settings.replace(receiver_host="127.0.0.1", receiver_port=server.port,
+                            receiver_format="beast", receiver_clock=clock,
+                            receiver_timeout_s=5.0)
+    stop = threading.Event()
+    stats = IngestStats("beast")
+    worker = threading.Thread(target=run_live, args=(live, stop), kwargs={"stats": stats})
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    while stats.bytes < until_bytes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    return live, stats
+
+
 def _frame_start(data: bytes, near: int) -> int:
     """Offset of a frame marker (0x1a followed by '1'/'2'/'3') at or after ``near``."""
     i = near
@@ -60,20 +80,7 @@ def test_reconnects_and_stores_every_position(settings, databases, tmp_path):
         start = _frame_start(data, int(len(data) * fraction))
         cuts.append((start + 9, start))      # 9 bytes into a frame, then resend that frame
     server = DroppingReceiver(data, cuts)
-
-    live = settings.replace(receiver_host="127.0.0.1", receiver_port=server.port,
-                            receiver_format="beast", receiver_clock="counter",
-                            receiver_timeout_s=5.0)
-    stop = threading.Event()
-    stats = IngestStats("beast")
-    worker = threading.Thread(target=run_live, args=(live, stop), kwargs={"stats": stats})
-    worker.start()
-    deadline = time.monotonic() + 120
-    while stats.bytes < len(data) + 18 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    worker.join(60)
-    assert not worker.is_alive()
+    live, stats = _ingest_live(settings, server, "counter", len(data) + 18, 120)
     assert server.connections == 3 and stats.reconnects == 2
     assert stats.bytes == len(data) + 18
 
@@ -91,3 +98,21 @@ def test_reconnects_and_stores_every_position(settings, databases, tmp_path):
     shifted = [(r[0] - shift,) + tuple(r[1:]) for r in got]
     matched, diffs = same_rows(expected, shifted, time_tol=1e-3)
     assert not diffs[:5] and matched == len(expected) == len(got)
+
+
+@pytest.mark.slow
+def test_wall_clock_keeps_every_position_of_a_burst(settings):
+    """In wall-clock mode the messages of one read share no stamp: a burst holding several
+    positions of one aircraft (here minutes of traffic arriving in seconds) stores them all,
+    none refused as a second position at the same aircraft and time."""
+    data = need(PARIS_BEAST).read_bytes()[:400_000]
+    data = data[:_frame_start(data, len(data) - 100)]
+    live, stats = _ingest_live(settings, DroppingReceiver(data, []), "wall", len(data), 60)
+    rows = stored_rows(live.database_url)
+    writer = stats.writer
+    assert writer is not None and len(rows) > 3000
+    assert writer.rows_conflicting == 0 and len(rows) == writer.rows_written
+    by_aircraft: dict[str, list[float]] = {}
+    for r in rows:
+        by_aircraft.setdefault(r[1], []).append(r[0])
+    assert all(len(set(ts)) == len(ts) for ts in by_aircraft.values())

@@ -31,7 +31,7 @@ def child(code: str) -> list[str]:
 def test_every_job_is_coalesced_single_instance_with_the_configured_cron(engine, settings):
     sched = scheduler.build_scheduler(settings.replace(train_cron="15 4 * * 1"), engine)
     jobs = {j.id: j for j in sched.get_jobs()}
-    assert set(jobs) == {"flights", "score", "train", "train-when-ready", "retention"}
+    assert set(jobs) == {"flights", "score", "train", "train-when-ready", "retention", "alerts"}
     sched.start(paused=True)
     try:
         jobs = {j.id: j for j in sched.get_jobs()}
@@ -105,10 +105,10 @@ def test_train_when_ready_waits_for_enough_flights_and_retries_later(engine, set
     monkeypatch.setattr(store, "COMMIT_MARGIN", dt.timedelta(0))
     settings = settings.replace(train_min_flights=10)
     worker = scheduler.Worker(settings, engine, child("pass"))
-    copy_positions(engine, [p for i in range(9) for p in track(f"b{i:05x}", T0, 5)])
+    copy_positions(engine, [p for i in range(9) for p in track(f"b{i:05x}", T0, 20)])
     worker.close_flights(final=True)
     assert worker.train_when_ready() is False and job_run(engine, "train") is None
-    copy_positions(engine, [p for i in range(9, 12) for p in track(f"b{i:05x}", T0, 5)])
+    copy_positions(engine, [p for i in range(9, 12) for p in track(f"b{i:05x}", T0, 20)])
     worker.close_flights(final=True)
     assert worker.train_when_ready() is True and job_run(engine, "train")["last_ok"]
     assert worker.train_when_ready() is False          # tried within the last hour

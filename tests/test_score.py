@@ -113,11 +113,7 @@ def test_new_active_model_rescores_recent_flights_only(copy):
     score.score_pending(engine, settings)
     # A second model becomes active (same file: what matters is which flights are re-scored).
     with engine.begin() as conn:
-        conn.execute(sa.text("""
-            INSERT INTO models (version, status, threshold, params, path, sha256)
-            SELECT version || '-b', 'candidate', threshold, params, path, sha256 FROM models"""))
-        conn.execute(sa.text("UPDATE models SET status = 'retired' WHERE status = 'active'"))
-        conn.execute(sa.text("UPDATE models SET status = 'active' WHERE version LIKE '%-b'"))
+        hf.activate_copy_of_model(conn)
         clock_recent = conn.execute(sa.text(
             "SELECT count(*) FROM flights WHERE last_seen >= (SELECT max(time) FROM positions) "
             "- interval '1 hour'")).scalar_one()

@@ -1,4 +1,6 @@
-"""Daily partitions of ``positions``: created ahead of the data, dropped whole for retention."""
+"""Daily partitions of ``positions``: created ahead of the data, dropped whole for retention,
+and the days that received rows since a given time (``position_days``, kept by a trigger), as a
+condition on ``time`` that lets the planner leave out every other day's partition."""
 
 from __future__ import annotations
 
@@ -63,13 +65,54 @@ def ensure_ahead(conn: sa.Connection, today: dt.date, days_ahead: int = 2) -> li
 
 
 def drop_before(conn: sa.Connection, cutoff: dt.date) -> list[str]:
-    """Drop every daily partition whose whole day lies before ``cutoff`` (retention)."""
+    """Drop every daily partition whose whole day lies before ``cutoff`` (retention), and the
+    days' rows in ``position_days``. Flights, their images, scores and labels stay: they never
+    refer to a position row."""
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     dropped = []
     for day, name in sorted(existing(conn).items()):
         if day < cutoff:
             conn.execute(sa.text(f'DROP TABLE "{name}"'))
             dropped.append(name)
+    conn.execute(sa.text("DELETE FROM position_days WHERE day < :d"), {"d": cutoff})
     if dropped:
         log.info("retention: dropped position partitions %s", ", ".join(dropped))
     return dropped
+
+
+def days_written_since(conn: sa.Connection, receiver_id: str,
+                       after: dt.datetime | None) -> list[dt.date]:
+    """UTC days of the positions of ``receiver_id`` inserted after ``after`` (every day with
+    positions when None). A superset: a day is listed while any of its rows is that new."""
+    if after is None:
+        days = conn.execute(sa.text("SELECT day FROM position_days WHERE receiver_id = :r"),
+                            {"r": receiver_id}).scalars()
+    else:
+        days = conn.execute(sa.text(
+            "SELECT day FROM position_days WHERE receiver_id = :r AND last_inserted_at > :a"),
+            {"r": receiver_id, "a": after}).scalars()
+    return sorted(days)
+
+
+def time_filter(days: list[dt.date], column: str = "time", placeholder: str = ":{}"
+                ) -> tuple[str, dict]:
+    """A condition limiting ``column`` to ``days`` (consecutive days joined into one range) and
+    its parameters (``placeholder``: ":{}" for SQLAlchemy text, "%({})s" for a psycopg2
+    cursor); ``false`` for no day. The bounds are constants, so the planner keeps only those
+    days' partitions: no scan, lock or plan node for any other day."""
+    runs: list[list[dt.date]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][1] + dt.timedelta(days=1):
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    if not runs:
+        return "false", {}
+    conds, params = [], {}
+    for i, (first, last) in enumerate(runs):
+        lo, hi = placeholder.format(f"day_from_{i}"), placeholder.format(f"day_to_{i}")
+        conds.append(f"({column} >= {lo} AND {column} < {hi})")
+        params[f"day_from_{i}"] = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
+        params[f"day_to_{i}"] = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(),
+                                                    dt.timezone.utc)
+    return "(" + " OR ".join(conds) + ")", params

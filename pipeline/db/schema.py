@@ -27,6 +27,17 @@ positions = sa.Table(
     sa.Column("inserted_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Kept by a trigger on positions (migration 0005): per receiver and UTC day, the rows inserted,
+# the newest position time (the data clock) and when rows last arrived (the flight pass).
+position_days = sa.Table(
+    "position_days", metadata,
+    sa.Column("receiver_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("positions", sa.BigInteger, nullable=False),
+    sa.Column("newest_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_inserted_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 models = sa.Table(
     "models", metadata,
     sa.Column("id", sa.Integer, primary_key=True),

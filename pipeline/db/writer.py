@@ -8,10 +8,19 @@ to ``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s do
 ``ADSB_DATA_DIR/journal`` (complete binary COPY streams, their days in the file name), which
 are loaded (and deleted) once the database answers again, also on the next start. Text COPY
 journals of earlier versions (``*.copy``) are loaded too.
+
+Exactly once: positions are unique on (icao24, time, receiver_id) (migration 0005). A batch is
+first COPied straight into ``positions``, the fast path nearly every batch takes. If any of its
+rows is stored already (the server committed a batch whose acknowledgement the connection
+lost, so the writer sent it again; a journal loaded before its file could be deleted; a
+capture replayed twice) that COPY fails as a whole on the unique index and the batch is loaded
+again through a temporary table and ``INSERT ... ON CONFLICT DO NOTHING``: only the rows not
+stored yet are added, in one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import logging
@@ -24,6 +33,7 @@ from typing import Iterable
 
 import psycopg2
 import sqlalchemy as sa
+from psycopg2 import errors as pg_errors
 
 from pipeline.db import partitions
 from pipeline.db.rows import COPY_SQL, HEADER, TRAILER
@@ -36,6 +46,12 @@ _TEXT_COLUMNS = ("time", "icao24", "latitude", "longitude", "altitude", "grounds
 _TEXT_COPY_SQL = f"COPY positions ({', '.join(_TEXT_COLUMNS)}) FROM STDIN"
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
+# After the journal could not be written (disk full), wait this long before trying again: every
+# read of the receiver would otherwise try (and log) once more.
+_SPILL_RETRY_S = 10.0
+# Batches the database refused (not a lost connection), beside the journal; never loaded
+# automatically.
+REJECTED_DIR = "rejected"
 
 
 class PositionWriter:
@@ -50,14 +66,21 @@ class PositionWriter:
         self.flush_interval_s = flush_interval_s
         self.rows_written = 0
         self.rows_journaled = 0
+        # Rows of a batch written again that were stored already (not stored twice), and rows
+        # not stored because another position of the same aircraft has the same time.
+        self.rows_already_stored = 0
+        self.rows_conflicting = 0
+        self.rows_rejected = 0          # in batches the database refused (kept in REJECTED_DIR)
         self.write_errors = 0
+        self.journal_errors = 0          # spills the journal's disk refused (rows kept in memory)
+        self._spill_retry_at = 0.0
         self.oldest_pending: float | None = None    # monotonic time the oldest waiting row came
         self._chunks: deque[tuple[bytes, int, frozenset[dt.date]]] = deque()  # rows, count, days
         self._pending = 0
         self._known_days: set[dt.date] = set()
         self._cond = threading.Condition()
         self._stop = False
-        self._conn = None
+        self._conn: sa.PoolProxiedConnection | None = None
         self._db_ok = True
         self._thread = threading.Thread(target=self._run, name="position-writer", daemon=True)
         self._thread.start()
@@ -77,7 +100,8 @@ class PositionWriter:
             # up (and spill to the journal beyond the bound), they do not bring a retry forward.
             if self._pending >= self.batch_rows and self._db_ok:
                 self._cond.notify()
-            overflow = self._pending > self.buffer_max_rows and not self._db_ok
+            overflow = (self._pending > self.buffer_max_rows and not self._db_ok
+                        and time.monotonic() >= self._spill_retry_at)
         if overflow:
             self._spill()
 
@@ -106,10 +130,18 @@ class PositionWriter:
             log.error("database still unreachable at shutdown: %d rows go to the journal in %s",
                       self._pending, self.journal_dir)
             self._spill(everything=True)
+            if self._pending:
+                log.error("%d rows lost: the database is unreachable and the journal in %s "
+                          "cannot be written", self._pending, self.journal_dir)
+        if self.rows_already_stored or self.rows_conflicting:
+            log.warning("%d rows were stored already (a batch written again after a lost "
+                        "acknowledgement, or a journal or capture loaded twice) and were not "
+                        "stored twice; %d rows not stored because another position of the same "
+                        "aircraft and time is", self.rows_already_stored, self.rows_conflicting)
         if self._conn is not None:
             try:
                 self._conn.close()
-            except psycopg2.Error:
+            except (psycopg2.Error, sa.exc.DBAPIError):
                 pass
 
     # -- writer thread --------------------------------------------------------------------------
@@ -154,9 +186,20 @@ class PositionWriter:
         return chunks, count
 
     def _connection(self):
-        if self._conn is None or self._conn.closed:
-            self._conn = self.engine.raw_connection().driver_connection
-        return self._conn
+        # The pool's handle is kept, not only the driver connection in it: once the handle is
+        # gone the pool takes the connection back and may lend it out while it is in use here.
+        raw = None if self._conn is None else self._conn.driver_connection
+        if raw is None or raw.closed:
+            self._drop_connection()
+            self._conn = self.engine.raw_connection()
+            raw = self._conn.driver_connection
+        return raw
+
+    def _drop_connection(self) -> None:
+        """Forget a connection that failed: closed, and never lent out by the pool again."""
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn = None
 
     def _ensure_partitions(self, days: set[dt.date]) -> None:
         new = days - self._known_days
@@ -165,27 +208,72 @@ class PositionWriter:
                 partitions.ensure(conn, new)
             self._known_days |= new
 
-    def _copy(self, source, sql: str = COPY_SQL) -> None:
-        """COPY from a file object, or from bytes sent in one piece."""
+    def _copy(self, source, days: set[dt.date], sql: str = COPY_SQL) -> int:
+        """COPY from a file object, or from bytes sent in one piece, in one transaction; rows
+        stored already are skipped (see the module's docstring). ``days``: the days of the
+        rows. Returns the rows added."""
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                if isinstance(source, bytes):
-                    cur.copy_expert(sql, io.BytesIO(source), size=max(len(source), 8192))
-                else:
-                    cur.copy_expert(sql, source)
+                _copy_expert(cur, sql, source)
+                added = cur.rowcount
             conn.commit()
+            return added
+        except pg_errors.UniqueViolation:
+            conn.rollback()
         except BaseException:
-            try:
-                conn.rollback()
-            except psycopg2.Error:
-                conn.close()
+            _abandon(conn)
             raise
+        try:
+            added = self._copy_new_rows(conn, source, days, sql)
+            conn.commit()
+            return added
+        except BaseException:
+            _abandon(conn)
+            raise
+
+    def _copy_new_rows(self, conn, source, days: set[dt.date], sql: str) -> int:
+        """The rows of a COPY that are not stored yet: loaded into a temporary table, then
+        inserted with ON CONFLICT DO NOTHING (the caller commits). Returns the rows added."""
+        columns = sql[sql.index("(") + 1:sql.index(")")]
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMPORARY TABLE positions_load (LIKE positions INCLUDING DEFAULTS) "
+                        "ON COMMIT DROP")
+            _copy_expert(cur, sql.replace("COPY positions ", "COPY positions_load ", 1), source)
+            loaded = cur.rowcount
+            # Statistics for the join below: without them the planner guesses the size of a
+            # temporary table and may hash the whole positions table instead of probing it.
+            cur.execute("ANALYZE positions_load")
+            cur.execute(f"INSERT INTO positions ({columns}) SELECT {columns} FROM positions_load "
+                        "ON CONFLICT (icao24, time, receiver_id) DO NOTHING")
+            added = cur.rowcount
+            conflicting = 0
+            if added < loaded:
+                # Rows whose key is stored with another position: the same aircraft heard
+                # twice within one time stamp (frames read together share a wall-clock time).
+                in_days, params = partitions.time_filter(sorted(days), "p.time", "%({})s")
+                cur.execute(
+                    "SELECT count(*) FROM positions_load l JOIN positions p "
+                    "USING (icao24, time, receiver_id) "
+                    "WHERE (p.latitude, p.longitude) IS DISTINCT FROM (l.latitude, l.longitude) "
+                    f"AND {in_days}", params)
+                conflicting = cur.fetchone()[0]
+        skipped = loaded - added - conflicting
+        self.rows_already_stored += skipped
+        self.rows_conflicting += conflicting
+        # Once per batch at INFO (a capture replayed twice meets this in every batch); close()
+        # sums them up.
+        log.info("%d of %d rows of a batch stored already, not stored twice (%d in all); %d "
+                 "with another position of the same aircraft and time (%d in all)", skipped,
+                 loaded, self.rows_already_stored, conflicting, self.rows_conflicting)
+        return added
 
     def _write(self, chunks: list[tuple[bytes, int, frozenset[dt.date]]], count: int) -> bool:
         try:
-            self._ensure_partitions(_days_of(chunks))
-            self._copy(b"".join([HEADER, *[data for data, _, _ in chunks], TRAILER]))
+            days = _days_of(chunks)
+            self._ensure_partitions(days)
+            added = self._copy(b"".join([HEADER, *[data for data, _, _ in chunks], TRAILER]),
+                               days)
         except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                 sa.exc.InterfaceError) as exc:
             self.write_errors += 1
@@ -194,12 +282,43 @@ class PositionWriter:
                             "journal in %s): %s", self._pending + count, self.buffer_max_rows,
                             self.journal_dir, str(exc).strip().splitlines()[0] if str(exc) else exc)
             self._db_ok = False
-            self._conn = None
+            self._drop_connection()
             return False
+        except (psycopg2.Error, sa.exc.DBAPIError) as exc:
+            # The server answered but refused the batch (a constraint, a value it cannot take):
+            # retrying cannot help and must not stop the writer, so the batch goes to a file
+            # beside the journal, never loaded automatically, for the operator to inspect and
+            # load once the cause is fixed. Nothing accepted is dropped.
+            self.write_errors += 1
+            self._drop_connection()
+            return self._keep_rejected(chunks, count, exc)
         if not self._db_ok:
             log.warning("database reachable again; writing %d buffered rows", self._pending + count)
         self._db_ok = True
-        self.rows_written += count
+        self.rows_written += added
+        return True
+
+    def _keep_rejected(self, chunks: list[tuple[bytes, int, frozenset[dt.date]]], count: int,
+                       exc: BaseException) -> bool:
+        """Write a refused batch to ``journal/rejected/``; False (keep it buffered, retry) if
+        even that fails."""
+        folder = self.journal_dir / REJECTED_DIR
+        path = folder / _journal_file_name(time.time_ns(), count, _days_of(chunks))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(b"".join([HEADER, *[data for data, _, _ in chunks], TRAILER]))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as disk:
+            log.error("the database refused a batch of %d rows (%s) and it cannot be kept in %s "
+                      "(%s): it stays in memory and is retried", count, _first_line(exc), folder,
+                      disk)
+            return False
+        self.rows_rejected += count
+        log.error("the database refused a batch of %d rows (%s): kept in %s; load it with "
+                  "\\copy positions FROM ... (FORMAT binary) once the cause is fixed", count,
+                  _first_line(exc), path)
         return True
 
     # -- journal --------------------------------------------------------------------------------
@@ -215,18 +334,36 @@ class PositionWriter:
                 self.oldest_pending = None
         if not chunks:
             return
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
         count = sum(rows for _, rows, _ in chunks)
         path = self.journal_dir / _journal_file_name(time.time_ns(), count, _days_of(chunks))
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(HEADER)
-            for data, _, _ in chunks:
-                fh.write(data)
-            fh.write(TRAILER)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
+        try:
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(HEADER)
+                for data, _, _ in chunks:
+                    fh.write(data)
+                fh.write(TRAILER)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.rename(path)
+        except OSError as exc:
+            # A full (or broken) journal disk must not lose the rows taken out of the buffer,
+            # nor end the ingest: they go back in front, in order, and stay in memory beyond
+            # the bound until the database or the disk takes them.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            with self._cond:
+                self._chunks.extendleft(reversed(chunks))
+                self._pending += count
+                if self.oldest_pending is None:
+                    self.oldest_pending = time.monotonic()
+            self.journal_errors += 1
+            self._spill_retry_at = time.monotonic() + _SPILL_RETRY_S
+            log.error("cannot write the journal in %s (%s): keeping %d rows in memory beyond "
+                      "the limit of %d until the database or the disk takes them", self.journal_dir,
+                      exc, self._pending, self.buffer_max_rows)
+            return
         self.rows_journaled += count
         log.error("in-memory buffer limit of %d rows reached while the database is unreachable: "
                   "%d rows written to the journal %s (loaded when the database is back)",
@@ -245,14 +382,32 @@ class PositionWriter:
             try:
                 self._ensure_partitions(days)
                 with open(path, "rb") as fh:
-                    self._copy(fh, sql)
+                    added = self._copy(fh, days, sql)
             except (psycopg2.OperationalError, psycopg2.InterfaceError, sa.exc.OperationalError,
                     sa.exc.InterfaceError):
-                self._conn = None
+                self._drop_connection()
                 return
             path.unlink()
-            self.rows_written += count
-            log.warning("loaded %d journaled rows from %s", count, path)
+            self.rows_written += added
+            log.warning("loaded %d journaled rows from %s (%d added)", count, path, added)
+
+
+def _copy_expert(cur, sql: str, source) -> None:
+    """``source``: bytes, sent in one piece, or a file object, read from its start (a COPY
+    that met a stored row is sent again)."""
+    if isinstance(source, bytes):
+        cur.copy_expert(sql, io.BytesIO(source), size=max(len(source), 8192))
+    else:
+        source.seek(0)
+        cur.copy_expert(sql, source)
+
+
+def _abandon(conn) -> None:
+    """Roll back after a failure; a connection that cannot even do that is closed."""
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        conn.close()
 
 
 def _days_of(chunks: list[tuple[bytes, int, frozenset[dt.date]]]) -> set[dt.date]:
@@ -280,3 +435,8 @@ def _read_text_journal(path: Path) -> tuple[int, set[dt.date]]:
             count += 1
             days.add(dt.date.fromisoformat(line[:10]))
     return count, days
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,7 +7,8 @@ they round-trip exactly to PostgreSQL ``timestamptz``); the database side is in
 A flight is a run of *airborne* positions of one aircraft. It ends at a silence longer than the
 gap (as ``traffic``'s ``Flight.split``) and at a landing followed by a take-off, i.e. wherever
 an on-ground position lies between two consecutive airborne ones. On-ground positions belong to
-no flight.
+no flight. A flight shorter than ``MIN_DRAWN_POSITIONS`` / ``MIN_DRAWN_S`` is kept but never
+drawn, so never scored or trained on (:func:`drawn`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from enum import Enum
 import numpy as np
 
 US = 1_000_000  # microseconds per second
+
+# A finished flight gets a track image (and so is scored and trained on) only with at least this
+# many positions over at least this long. Fewer is an address seen a handful of times: the edge
+# of coverage, a receiver glitch, or an address a spoofer invented. Its image is a dot or a
+# stub, and thousands of them (a flood of invented aircraft) would teach the model that dots
+# are ordinary traffic. A real flight across a receiver's range lasts minutes at one position a
+# second or more.
+MIN_DRAWN_POSITIONS = 20
+MIN_DRAWN_S = 60.0
 
 
 def segments(times: np.ndarray, ground: np.ndarray, gap_us: int) -> list[tuple[int, int]]:
@@ -40,6 +50,12 @@ def segments(times: np.ndarray, ground: np.ndarray, gap_us: int) -> list[tuple[i
     starts = np.concatenate([[0], ends + 1])
     stops = np.concatenate([ends, [n - 1]])
     return list(zip(starts.tolist(), stops.tolist()))
+
+
+def drawn(n_positions: np.ndarray, first_us: np.ndarray, last_us: np.ndarray) -> np.ndarray:
+    """Which flights are long enough to be drawn (MIN_DRAWN_POSITIONS over MIN_DRAWN_S)."""
+    return ((np.asarray(n_positions) >= MIN_DRAWN_POSITIONS)
+            & (np.asarray(last_us) - np.asarray(first_us) >= round(MIN_DRAWN_S * US)))
 
 
 def ground_between(ground: np.ndarray, a: int, b: int) -> bool:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.config import Settings
 from pipeline.db.engine import make_engine
-from pipeline.flights import raster
+from pipeline.flights import raster, segment
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,11 @@ def render_flight(engine: sa.Engine, flight_id: int, range_km: float) -> Image.I
         return None
     f = row._asdict()
     if f["image"] is None:
+        if f["state"] == "finished":
+            raise ValueError(
+                f"flight {flight_id} has no image: {f['n_positions']} positions over "
+                f"{(f['last_seen'] - f['first_seen']).total_seconds():.0f} s are too few to draw "
+                f"(at least {segment.MIN_DRAWN_POSITIONS} over {segment.MIN_DRAWN_S:.0f} s)")
         raise ValueError(f"flight {flight_id} has no image yet (state {f['state']})")
     image = raster.decode_png(f["image"])
     titles, caption = describe(f, range_km, image.shape[-1])

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from pipeline.config import Settings
+from pipeline.db import partitions
 from pipeline.flights import features, ragged, raster, segment
 from pipeline.flights.clock import data_clock
 from pipeline.geo import to_local_km
@@ -67,6 +68,7 @@ class PassResult:
     late: int = 0
     closed: int = 0
     empty: int = 0                # closed without any position left (retention dropped them)
+    undrawn: int = 0              # closed without an image: too short (segment.drawn)
     clock: dt.datetime | None = None
     seconds: float = 0.0
     close_seconds: float = 0.0    # of which closing flights (read, draw, write)
@@ -196,13 +198,19 @@ def _read_new(conn: sa.Connection, rid: str, wm: dt.datetime | None,
     """Positions that arrived since the watermark: {icao24: records (t us, on_ground)} sorted
     by time, and the newest inserted_at read. One query; each aircraft's rows come back as one
     binary string so that 200 k rows cost one round trip and no per-row Python objects."""
+    # Only the days that received rows since the watermark: inserted_at alone does not tell
+    # the planner which partitions can hold them, so it would visit every day kept.
+    days = partitions.days_written_since(conn, rid, wm)
+    if not days:
+        return {}, None
     where, params = _inserted_filter(wm, cutoff)
+    in_days, day_params = partitions.time_filter(days)
     rows = conn.execute(sa.text(
         f"SELECT icao24, string_agg(int8send({_US.format(col='time')}) || "
         "CASE WHEN on_ground THEN '\\x01'::bytea ELSE '\\x00'::bytea END, ''::bytea "
         "ORDER BY time), max(inserted_at) "
-        f"FROM positions WHERE receiver_id = :rid AND {where} GROUP BY icao24"),
-        {"rid": rid, **params}).all()
+        f"FROM positions WHERE receiver_id = :rid AND {where} AND {in_days} GROUP BY icao24"),
+        {"rid": rid, **params, **day_params}).all()
     batch = {icao: np.frombuffer(recs, dtype=_REC) for icao, recs, _ in rows}
     newest = max((r[2] for r in rows), default=None)
     return batch, newest
@@ -301,14 +309,15 @@ def _due(conn: sa.Connection, rid: str, clock: dt.datetime, gap_us: int,
             "SELECT id FROM flights WHERE receiver_id = :rid AND state = 'open' ORDER BY id"),
             {"rid": rid}).scalars())
     gap = dt.timedelta(microseconds=gap_us)
+    in_days, day_params = partitions.time_filter(partitions.days_written_since(conn, rid, cutoff))
     rows = conn.execute(sa.text(
         "SELECT f.id FROM flights f LEFT JOIN ("
         "  SELECT icao24, min(time) AS t FROM positions "
-        "  WHERE receiver_id = :rid AND inserted_at > :cutoff GROUP BY icao24) u "
+        f"  WHERE receiver_id = :rid AND inserted_at > :cutoff AND {in_days} GROUP BY icao24) u "
         "ON u.icao24 = f.icao24 "
         "WHERE f.receiver_id = :rid AND f.state = 'open' AND f.last_seen < :before "
         "AND (u.t IS NULL OR u.t > f.last_seen + :gap) ORDER BY f.id"),
-        {"rid": rid, "cutoff": cutoff, "before": clock - gap, "gap": gap}).scalars()
+        {"rid": rid, "cutoff": cutoff, "before": clock - gap, "gap": gap, **day_params}).scalars()
     return list(rows)
 
 
@@ -323,7 +332,9 @@ def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.dat
     cur = _cursor(conn)
     empty: list[int] = []
     for part in _batches(cur, todo):
-        empty += _close_batch(cur, settings, part, cutoff)
+        part_empty, undrawn = _close_batch(cur, settings, part, cutoff)
+        empty += part_empty
+        res.undrawn += undrawn
     if empty:
         # Only when retention dropped the positions of a flight that was still open.
         log.warning("flights: %d flights had no positions left when closed (ids %s...)",
@@ -332,6 +343,10 @@ def _close(conn: sa.Connection, settings: Settings, todo: list[tuple[int, dt.dat
                     "WHERE id = ANY(%s)", (empty,))
     res.closed += len(todo)
     res.empty += len(empty)
+    if res.undrawn:
+        log.info("flights: %d closed flights too short to draw (under %d positions or %.0f s): "
+                 "kept without an image, so never scored or trained on", res.undrawn,
+                 segment.MIN_DRAWN_POSITIONS, segment.MIN_DRAWN_S)
     secs = time.perf_counter() - started
     res.close_seconds += secs
     log.debug("flights: closed %d in %.2f s (%.0f flights/s)", len(todo), secs,
@@ -357,7 +372,7 @@ CROSS JOIN LATERAL (
         FROM positions p
         WHERE p.icao24 = f.icao24 AND p.receiver_id = f.receiver_id
           AND p.time BETWEEN f.first_seen AND f.last_seen AND NOT p.on_ground
-          AND (v.after IS NULL OR p.inserted_at > v.after) {cut}
+          AND (v.after IS NULL OR p.inserted_at > v.after) AND {days} {cut}
         ORDER BY p.time) p
 ) a
 ) TO STDOUT WITH (FORMAT binary)"""
@@ -370,7 +385,8 @@ UPDATE flights f SET state = 'finished', closed_at = now(), n_positions = v.n,
     last_seen = %(epoch)s + v.last * interval '1 microsecond',
     callsign = v.callsign, min_altitude = v.amin, max_altitude = v.amax,
     path_km = v.path, straight_km = v.straight, tortuosity = v.tort, turning_deg = v.turn,
-    max_distance_km = v.maxd, image = substring(%(images)s FROM v.at FOR v.size),
+    max_distance_km = v.maxd,
+    image = CASE WHEN v.size > 0 THEN substring(%(images)s FROM v.at FOR v.size) END,
     where_lit = v.wl, shape_lit = v.sl, shape_side_km = v.side, image_format = %(format)s
 FROM unnest(%(id)s::bigint[], %(n)s::int[], %(first)s::bigint[], %(last)s::bigint[],
             %(callsign)s::text[], %(amin)s::int[], %(amax)s::int[], %(path)s::real[],
@@ -408,15 +424,26 @@ def _batches(cur, todo: list[tuple[int, dt.datetime | None]]
 
 
 def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | None]],
-                 cutoff: dt.datetime | None) -> list[int]:
-    """Close the flights of ``todo``; returns the ids of those without any position left."""
+                 cutoff: dt.datetime | None) -> tuple[list[int], int]:
+    """Close the flights of ``todo``; returns the ids of those without any position left and
+    how many were too short to draw (stored without an image, their features all the same)."""
     cut = "AND p.inserted_at <= %(cutoff)s" if cutoff is not None else ""
-    rows = _copy_rows(cur, cur.mogrify(_CLOSE_SQL.format(cut=cut), {
-        "ids": [i for i, _ in todo], "after": [a for _, a in todo], "cutoff": cutoff}))
+    flight_ids = [i for i, _ in todo]
+    # The days the flights cover, as constants: the planner keeps only their partitions (the
+    # per-flight time range alone is known only while running, after every partition was
+    # planned and locked).
+    cur.execute("SELECT DISTINCT d::date FROM flights f, generate_series("
+                "date_trunc('day', f.first_seen AT TIME ZONE 'UTC'), "
+                "f.last_seen AT TIME ZONE 'UTC', interval '1 day') AS d WHERE f.id = ANY(%s)",
+                (flight_ids,))
+    days, day_params = partitions.time_filter([d for (d,) in cur.fetchall()], "p.time",
+                                              "%({})s")
+    rows = _copy_rows(cur, cur.mogrify(_CLOSE_SQL.format(cut=cut, days=days), {
+        "ids": flight_ids, "after": [a for _, a in todo], "cutoff": cutoff, **day_params}))
     empty = [_id(r[0]) for r in rows if r[6] is None]          # no rows: array_agg is NULL
     rows = [r for r in rows if r[6] is not None]
     if not rows:
-        return empty
+        return empty, 0
     ids, first, last, amin, amax = ([_int(r[k]) for r in rows] for k in range(5))
     tracks = [_points(r[6]) for r in rows if r[6] is not None]
     offsets = ragged.offsets_of([t.size for t in tracks])
@@ -433,6 +460,9 @@ def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | No
         pngs += raster.encode_pngs(images)
         for name, values in features.compute_many(x, y, part).items():
             feats[name][i:j] = values
+    # An empty image is stored as NULL (the UPDATE's CASE).
+    keep = segment.drawn(np.diff(offsets), np.array(first, np.int64), np.array(last, np.int64))
+    pngs = [png if k else b"" for png, k in zip(pngs, keep.tolist())]
     size = np.array([len(p) for p in pngs])
     cur.execute(_FINISH_SQL, {
         "epoch": _PG_EPOCH, "images": b"".join(pngs), "format": raster.FORMAT,
@@ -444,7 +474,7 @@ def _close_batch(cur, settings: Settings, todo: list[tuple[int, dt.datetime | No
         "tort": _array(feats["tortuosity"]), "turn": _array(feats["turning_deg"]),
         "maxd": _array(feats["max_distance_km"]), "wl": _array(lit[:, 0]),
         "sl": _array(lit[:, 1]), "side": _array(sides)})
-    return empty
+    return empty, n - int(np.count_nonzero(keep))
 
 
 def _cursor(conn: sa.Connection):

@@ -19,7 +19,8 @@ from pipeline.flights.raster import decode_pngs
 class Window:
     """Flights of one training window: ids, aircraft, images (n, 64, 64, C) uint8 of the
     current image format, the flights the active model flagged and their tortuosity (both used
-    to leave flights out of training, see train.py), and when each began."""
+    to leave flights out of training, see train.py), when each began, and the user's newest
+    verdict on each ('normal', 'anomalous', '' for none; it overrules both, see train.screen)."""
 
     start: dt.datetime
     end: dt.datetime
@@ -29,6 +30,12 @@ class Window:
     flagged: np.ndarray
     tortuosity: np.ndarray
     first_seen: np.ndarray          # datetime64[us] UTC
+    verdicts: np.ndarray | None = None
+
+    def verdict_is(self, verdict: str) -> np.ndarray:
+        if self.verdicts is None:
+            return np.zeros(len(self.ids), dtype=bool)
+        return self.verdicts == verdict
 
 
 def decode_images(blobs: list[bytes], channels: int | None = None) -> np.ndarray:
@@ -40,18 +47,20 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
     """The newest ADSB_TRAIN_MAX_FLIGHTS finished flights of the last ADSB_TRAIN_DAYS of the
     data clock (a replay of an old capture trains on that capture), images of the current
     format only. ``until`` ends the window earlier (evaluation on a later period): only flights
-    that ended before it."""
+    that ended before it. Flights the user judged normal are taken first, so a busy site's
+    ADSB_TRAIN_MAX_FLIGHTS never leaves them out."""
     with engine.connect() as conn:
         end = until if until is not None else data_clock(conn)
         start = end - dt.timedelta(days=settings.train_days)
         rows = conn.execute(sa.text("""
-            SELECT id, icao24, image, coalesce(flagged AND model_id = :active, false),
-                   coalesce(tortuosity, 1), first_seen
-              FROM flights
-             WHERE state = 'finished' AND image IS NOT NULL AND image_format = :format
-               AND last_seen > :start AND last_seen <= :end
-               AND (CAST(:until AS timestamptz) IS NULL OR last_seen < :until)
-             ORDER BY last_seen DESC, id DESC
+            SELECT f.id, f.icao24, f.image, coalesce(f.flagged AND f.model_id = :active, false),
+                   coalesce(f.tortuosity, 1), f.first_seen, coalesce(v.verdict, '')
+              FROM flights f
+              LEFT JOIN flight_verdicts v ON v.flight_id = f.id
+             WHERE f.state = 'finished' AND f.image IS NOT NULL AND f.image_format = :format
+               AND f.last_seen > :start AND f.last_seen <= :end
+               AND (CAST(:until AS timestamptz) IS NULL OR f.last_seen < :until)
+             ORDER BY v.verdict IS NOT DISTINCT FROM 'normal' DESC, f.last_seen DESC, f.id DESC
              LIMIT :limit"""), {"start": start, "end": end, "limit": settings.train_max_flights,
                                 "active": active_model_id or -1, "format": raster.FORMAT,
                                 "until": until}).all()
@@ -60,7 +69,8 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
                   [r[1] for r in rows], decode_images([r[2] for r in rows], raster.NCH),
                   np.array([bool(r[3]) for r in rows], dtype=bool),
                   np.array([r[4] for r in rows], dtype=np.float64),
-                  np.array([r[5].replace(tzinfo=None) for r in rows], dtype="datetime64[us]"))
+                  np.array([r[5].replace(tzinfo=None) for r in rows], dtype="datetime64[us]"),
+                  np.array([r[6] for r in rows], dtype=object))
 
 
 def folds(n: int, k: int, rng: np.random.Generator,

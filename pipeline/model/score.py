@@ -13,6 +13,10 @@ one model); older flights keep the score of the model that was active then.
 
 Two workers may run this at once: each batch is claimed with ``FOR UPDATE SKIP LOCKED`` and
 marked with the model in the same transaction, so no flight is scored twice by one model.
+
+A flight flagged for the first time (no model flagged it before) and not judged normal by the
+user gets its alerts in that same transaction: outbox rows for the webhook and MQTT sinks and a
+NOTIFY (:mod:`pipeline.alerts.outbox`); sending them is the delivery job's work, never this one's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
+from pipeline.alerts import outbox
 from pipeline.config import Settings
 from pipeline.flights.clock import data_clock
 from pipeline.flights.raster import FORMAT_CHANNELS, decode_png, decode_pngs
@@ -135,7 +140,7 @@ def _decode(rows, channels: int) -> tuple[list[int], np.ndarray, list[int]]:
 
 
 def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndarray,
-                 bad: list[int]) -> None:
+                 bad: list[int], settings: Settings | None = None) -> None:
     import tensorflow as tf
 
     from pipeline.model import errors
@@ -162,11 +167,17 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
                 recs[i] = reconstruction_png(probs[i])
         params = {"model": row.id, "threshold": row.threshold, "ids": ids,
                   "scores": scores.tolist(), "flags": flags.tolist()}
+        # Read before this batch's scores are written: "flagged before" is in the history.
+        alert = outbox.new_flags(conn, [ids[i] for i in hit.tolist()]) \
+            if settings is not None and outbox.enabled(settings) else []
         conn.execute(_INSERT_SCORES, {
             **params, "ws": ch[:, 0].tolist(), "ss": ch[:, 1].tolist(),
             "ds": ch[:, 2].tolist() if ch.shape[1] > 2 else [None] * len(ids),
             "chs": top, "ers": er, "ecs": ec, "recs": recs})
         conn.execute(_UPDATE_FLIGHTS, params)
+        if alert:
+            assert settings is not None
+            outbox.enqueue(conn, settings, row.id, alert)
     if bad:
         # Marked as seen by this model (score unknown) so they are not retried every minute.
         conn.execute(sa.text("""UPDATE flights SET score = NULL, flagged = NULL, model_id = :m,
@@ -210,7 +221,7 @@ def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = Fals
             if not rows:
                 break
             ids, images, bad = _decode(rows, s.channels)
-            _score_batch(conn, s, ids, images, bad)
+            _score_batch(conn, s, ids, images, bad, settings)
         total += len(ids)
         bad_total += len(bad)
         if time.monotonic() - last_log > PROGRESS_EVERY_S:

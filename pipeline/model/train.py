@@ -9,6 +9,9 @@ on (measured on real traffic: ordinary flights the model trained on scored a med
 those of the next hours 9.9; a threshold from the training flights' own errors flagged 41 % of
 the next day's ordinary traffic):
 
+0. the user's verdicts (newest per flight, ``flight_verdicts``) come first: a flight judged
+   anomalous is never trained on; one judged normal is always trained on, even when 1. or 2.
+   would leave it out (the user has seen it: it is the site's traffic, however rare);
 1. flights the active model flagged are left out (they were flagged already);
 2. screen: flights whose log tortuosity is above median + ``ADSB_TRAIN_SCREEN_K`` x MAD of the
    window AND above ``ADSB_TRAIN_SCREEN_MIN_TORTUOSITY`` are left out: circling, holding,
@@ -28,7 +31,9 @@ the next day's ordinary traffic):
    their errors were 1.5x those of held-out flights of the morning), while *shape* held;
 5. the deployed model is the ensemble of the fold models (errors averaged): no flight of the
    window needs a refit, and averaging narrows the spread of ordinary flights' errors.
-``--plain`` skips 1-2. Every excluded flight is recorded, with the reason, in ``models.excluded``.
+``--plain`` skips 1-2 (not 0). Every excluded flight is recorded, with the reason, in
+``models.excluded``; ``models.params["verdicts"]`` counts the flights judged normal that were
+kept and how many of them 1. or 2. would have left out.
 """
 
 from __future__ import annotations
@@ -269,7 +274,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
     loss = loss or errors.DEFAULT_LOSS
     arch = arch or autoencoder.Architecture()
     n = len(window.ids)
-    keep, excluded = screen(window, settings, plain, active_id)
+    keep, excluded, verdicts = screen(window, settings, plain, active_id)
     k = max(2, min(settings.train_folds, int(keep.sum()) // 10))
     cross = cross_fit(window.images[keep], k, seed=seed, start=t_start,
                       budget=settings.train_budget_s - (time.monotonic() - t_start),
@@ -302,6 +307,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
         "flag_rate": settings.flag_rate, "spearman_lit": rho,
         "batch": batch_size(int(keep.sum()) * (k - 1) // k),
         "window_hours": round(span_h, 2),
+        "verdicts": verdicts,
         "scored_groups": [g for g, on in zip(names, norm.mask(len(names))) if on],
         "n_params": int(model.count_params()),
         "oof_score_quantiles": {q: float(np.quantile(oof_scores, float(q)))
@@ -320,26 +326,41 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
 
 
 def screen(window, settings: Settings, plain: bool, active_id: int | None
-           ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Which flights of the window are fitted, and why the others are not."""
-    n = len(window.ids)
-    keep = np.ones(n, dtype=bool)
-    excluded: dict[str, Any] = {}
+           ) -> tuple[np.ndarray, dict[str, Any], dict[str, int]]:
+    """Which flights of the window are fitted, why the others are not (each excluded flight
+    under one reason, the first that applies), and what the verdicts changed."""
+    normal = window.verdict_is("normal")
+    anomalous = window.verdict_is("anomalous")
+    keep = ~anomalous                       # (0) the user's word, whatever the rules say
+    excluded: dict[str, Any] = {"judged_anomalous": {"flights": window.ids[anomalous].tolist()}}
+    verdicts = {"judged_anomalous_excluded": int(anomalous.sum()),
+                "judged_normal_kept": int(normal.sum()),
+                "judged_normal_flagged_by_active": 0, "judged_normal_screened": 0}
     if plain:
-        return keep, excluded
-    keep &= ~window.flagged                 # (1) flights the active model flagged
+        return keep, excluded, verdicts
+    flagged = window.flagged & keep         # (1) flights the active model flagged
+    verdicts["judged_normal_flagged_by_active"] = int((flagged & normal).sum())
+    flagged &= ~normal
     excluded["flagged_by_active"] = {"model_id": active_id,
-                                     "flights": window.ids[window.flagged].tolist()}
+                                     "flights": window.ids[flagged].tolist()}
+    keep &= ~flagged
     if settings.train_screen_k > 0:         # (2) circling and patterns
         screened, cutoff = tortuous(window.tortuosity, settings.train_screen_k,
                                     settings.train_screen_min_tortuosity)
         screened &= keep
+        verdicts["judged_normal_screened"] = int((screened & normal).sum())
+        screened &= ~normal
         excluded["screened"] = {
             "rule": f"log tortuosity > median + {settings.train_screen_k:g} MAD and tortuosity "
                     f"> {settings.train_screen_min_tortuosity:g}",
             "tortuosity_cutoff": cutoff, "flights": window.ids[screened].tolist()}
         keep &= ~screened
-    return keep, excluded
+    if normal.any() or anomalous.any():
+        log.info("verdicts: %d flights judged normal kept (%d flagged by the active model, %d "
+                 "above the tortuosity screen), %d judged anomalous left out",
+                 verdicts["judged_normal_kept"], verdicts["judged_normal_flagged_by_active"],
+                 verdicts["judged_normal_screened"], verdicts["judged_anomalous_excluded"])
+    return keep, excluded, verdicts
 
 
 def run_training(settings: Settings, *, seed: int | None = None, plain: bool = False,

@@ -7,9 +7,16 @@ twice. COUNTER is a 48-bit big-endian 12 MHz clock.
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from bisect import bisect_left
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from pyModeS.util import crc
+
+log = logging.getLogger(__name__)
 
 ESC = 0x1A
 _TYPE_BY_LEN = {2: 0x31, 7: 0x32, 14: 0x33}
@@ -235,3 +242,148 @@ class CounterClock:
             return [seconds(counter) for counter in counters.tolist()]
         self._last = int(counters[-1])
         return (self.anchor + (counters + self._wraps * COUNTER_MOD) / COUNTER_HZ).tolist()
+
+
+# A live counter time further behind the wall clock than this, or further ahead of the previous
+# frame's than the wall time between their arrivals plus this, is not believed. Wide enough for
+# a backlog of received bytes (minutes of a busy feed fit in socket buffers) and for crystal
+# drift (tens of ppm: seconds a day), narrow enough for what breaks the anchor: a receiver
+# restart (the counter starts again from 0), a corrupt counter (random over 271 days).
+MAX_CLOCK_SLIP_S = 300.0
+CLOCK_LOG_INTERVAL_S = 60.0
+
+
+def adsb_crc_ok(message: str) -> bool:
+    """True for a DF17/18 message (hex) whose CRC checks: the only frames whose integrity can
+    be verified without state (other formats overlay the parity with the address)."""
+    return (len(message) == 28 and int(message[:2], 16) >> 3 in (17, 18)
+            and crc(message) == 0)
+
+
+class LiveCounterClock:
+    """The receiver's 12 MHz counter anchored at the wall clock, for a live stream
+    (``ADSB_RECEIVER_CLOCK=counter``): ``t = anchor + counter / 12 MHz``.
+
+    Nothing protects a Beast or AVR counter: the first frame after joining a stream mid-frame
+    can be garbage, and a receiver restart starts its counter again from 0. So:
+
+    * the anchor is taken at the first frame that passes CRC (DF17/18); frames before it are
+      stamped with the wall clock;
+    * a frame whose counter goes backwards, lags the wall clock by more than
+      ``MAX_CLOCK_SLIP_S`` or leaps ahead of the previous frame by more than the wall time
+      between them plus ``MAX_CLOCK_SLIP_S`` re-anchors the clock at its own arrival if it
+      passes CRC (``reanchors``, logged at most once a minute); a frame that cannot be verified
+      is given the previous frame's time instead (``bad_counters``), so a nonsense counter
+      never reaches the decoder.
+
+    Counter times may run ahead of the wall clock (a capture served faster than real time);
+    only jumps are judged. Wrap-arounds of the 48-bit counter (~271 days) are followed.
+    """
+
+    _NEAR = COUNTER_HZ * 3600      # a real wrap goes from the last hour to the first hour
+
+    def __init__(self, verified: Callable[[str], bool] = adsb_crc_ok,
+                 max_slip_s: float = MAX_CLOCK_SLIP_S) -> None:
+        self.verified = verified
+        self.max_slip_s = max_slip_s
+        self.anchor: float | None = None
+        self.reanchors = 0
+        self.bad_counters = 0
+        self.unanchored = 0            # frames stamped with the wall clock before the anchor
+        self._wraps = 0
+        self._last_total = 0           # counter + wraps, of the last frame believed
+        self._last_t = 0.0             # its time
+        self._last_received = 0.0      # and the wall clock when it arrived
+        self._unlogged = 0
+        self._next_log = -math.inf
+
+    def stamp(self, counters: np.ndarray, messages: Sequence[str], received: float
+              ) -> list[float]:
+        """Unix seconds of frames with these counters (int64) and messages (hex), received
+        together at ``received``."""
+        n = len(counters)
+        if not n:
+            return []
+        start = 0
+        if self.anchor is None:
+            verified = self.verified
+            start = next((i for i, m in enumerate(messages) if verified(m)), n)
+            self.unanchored += start
+            if start == n:
+                return [received] * n
+            self._anchor_at(int(counters[start]), received)
+            log.info("receiver clock: 12 MHz counter anchored at the wall clock on the first "
+                     "frame that passed CRC (%d frames before it stamped with the wall clock)",
+                     self.unanchored)
+        anchor = self.anchor
+        assert anchor is not None
+        times = [received] * start
+        totals = counters[start:] + self._wraps * COUNTER_MOD
+        if self._steady(anchor, totals, received):
+            stamped = (anchor + totals / COUNTER_HZ).tolist()
+            self._last_total, self._last_t = int(totals[-1]), stamped[-1]
+            self._last_received = received
+            return times + stamped
+        return times + self._one_by_one(counters[start:].tolist(), messages[start:], received)
+
+    def _steady(self, anchor: float, totals: np.ndarray, received: float) -> bool:
+        """Every frame follows the one before it as a working receiver's would (the usual case,
+        checked for the whole chunk at once)."""
+        if totals[0] < self._last_total:
+            return False
+        if len(totals) > 1:
+            step = np.diff(totals)
+            if step.min() < 0 or step.max() > self.max_slip_s * COUNTER_HZ:
+                return False
+        first = anchor + int(totals[0]) / COUNTER_HZ
+        return (first >= received - self.max_slip_s
+                and first - self._last_t <= received - self._last_received + self.max_slip_s)
+
+    def _one_by_one(self, counters: list[int], messages: Sequence[str], received: float
+                    ) -> list[float]:
+        out = []
+        slip = self.max_slip_s
+        for counter, message in zip(counters, messages):
+            anchor = self.anchor            # a re-anchor moves it
+            assert anchor is not None
+            total = counter + self._wraps * COUNTER_MOD
+            wrapped = (total < self._last_total and counter < self._NEAR
+                       and self._last_total % COUNTER_MOD > COUNTER_MOD - self._NEAR)
+            if wrapped:
+                total += COUNTER_MOD
+            t = anchor + total / COUNTER_HZ
+            if (total >= self._last_total and t >= received - slip
+                    and t - self._last_t <= received - self._last_received + slip):
+                self._wraps += wrapped
+                self._last_total, self._last_t, self._last_received = total, t, received
+            elif self.verified(message):
+                self._reanchor(counter, t, received)
+                t = received
+            else:
+                self.bad_counters += 1
+                t = self._last_t
+            out.append(t)
+        return out
+
+    def _anchor_at(self, counter: int, received: float) -> None:
+        self.anchor = received - counter / COUNTER_HZ
+        self._wraps = 0
+        self._last_total, self._last_t, self._last_received = counter, received, received
+
+    def _reanchor(self, counter: int, t: float, received: float) -> None:
+        if t < self._last_t:
+            why = f"counter went back by {self._last_t - t:.1f} s (receiver restarted?)"
+        elif t < received - self.max_slip_s:
+            why = f"counter time {received - t:.1f} s behind the wall clock"
+        else:
+            why = f"counter leapt {t - self._last_t:.1f} s ahead of the previous frame's"
+        self._anchor_at(counter, received)
+        self.reanchors += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + CLOCK_LOG_INTERVAL_S
+            log.warning("receiver clock: %s; re-anchored the 12 MHz counter at the wall clock "
+                        "(%d re-anchors since the last such line, %d in all)", why,
+                        self._unlogged, self.reanchors)
+            self._unlogged = 0

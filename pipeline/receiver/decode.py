@@ -12,14 +12,23 @@ checks and the COPY rows of the positions noted since the last ``take()`` are do
 for the whole batch with NumPy, with the same results as checking row by row in order: each
 aircraft's rows are checked against its previous row at once, and only an aircraft with a
 rejected or older-than-previous row in the batch is checked row by row.
+
+Per-aircraft state is bounded in time and in size. ADS-B is unauthenticated: a stream of
+invented addresses must not grow memory for as long as the service runs. State of an aircraft
+silent for ``STATE_TTL_S`` is forgotten (here and in ``PipeDecoder``); beyond ``MAX_AIRCRAFT``
+aircraft tracked at once the least recently seen ones are forgotten early, and
+``PipeDecoder``'s caches are trimmed to match (``aircraft_evicted``, with a warning at most
+once a minute).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +44,13 @@ SPEED_MARGIN_KM = 2.0
 # Aircraft state (latest callsign and velocity, last stored position) and held positions are
 # forgotten after this much silence; PipeDecoder forgets its own state after the same time.
 STATE_TTL_S = 300.0
+# Aircraft tracked at once, at most: several times what a long-range receiver at a busy site
+# hears within five minutes (a thousand or two); more is a flood of invented addresses. Above
+# it the least recently seen tenth is forgotten at once, so eviction runs once per few hundred
+# new addresses, not on every one.
+MAX_AIRCRAFT = 5_000
+_EVICT_TO = 0.9
+EVICTION_LOG_INTERVAL_S = 60.0
 _MAX_HELD_PER_AIRCRAFT = 8
 _EARTH_KM_PER_DEG = 6371.0088 * math.pi / 180
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
@@ -51,6 +67,10 @@ class _CrcGatedPipeDecoder(PipeDecoder):
     positions km off and spoil the good frame they pair with). Gating on the ``crc_valid`` that
     ``decode()`` has just computed costs nothing, where checking the CRC a second time before
     ``decode()`` would cost about a tenth of the decoder's throughput.
+
+    It also decodes a frame locally when its CPR pair fails the motion check (so frames sent
+    under a real aircraft's address elsewhere cannot erase its positions), and forgets the
+    state of given addresses (``forget``, ``trim``) to bound memory.
     """
 
     __slots__ = ("held",)
@@ -62,17 +82,95 @@ class _CrcGatedPipeDecoder(PipeDecoder):
     def _handle_cpr_pair(self, result, icao, timestamp):  # noqa: ANN001 (pyModeS signature)
         if result.get("crc_valid") is False:
             return True        # "handled": no pairing, no local decoding for this frame
-        return _base_handle_cpr_pair(self, result, icao, timestamp)
+        stats = self._stats
+        rejected = stats["position_rejected"]
+        if not _base_handle_cpr_pair(self, result, icao, timestamp):
+            return False
+        if stats["position_rejected"] != rejected and result.get("bds") == "0,5":
+            # The pair failed the motion check. Its other half may be a frame a spoofer sent
+            # under this address (or a corrupt one): this frame's own position, decoded
+            # locally from the aircraft's last accepted one and put through the same motion
+            # check, is kept if it fits, so interleaved false frames cannot erase a real
+            # aircraft's positions. One rejection is counted per frame, not per attempt.
+            self._handle_local_cpr(result, icao, timestamp)
+            stats["position_rejected"] = rejected + (result.get("latitude") is None)
+        return True
 
     def _bootstrap_accumulate(self, results, icao, lat, lon, timestamp):  # noqa: ANN001
         # The first dict is the frame being decoded, the newer half that owns the position.
         self.held.append(results[0] if isinstance(results, list) else results)
         super()._bootstrap_accumulate(results, icao, lat, lon, timestamp)
 
+    def forget(self, icaos: Collection[str]) -> None:
+        """Drop every cache PipeDecoder keeps for these addresses."""
+        stats = self._stats
+        for name in _PIPE_CACHES:
+            cache = getattr(self, name)
+            pending = name in _PIPE_PENDING
+            for icao in icaos:
+                entry = cache.pop(icao, None)
+                if pending and entry:
+                    stats["pending_pairs"] = max(0, stats["pending_pairs"] - len(entry))
 
-for _hook in ("_handle_cpr_pair", "_bootstrap_accumulate"):
+    def largest_cache(self) -> int:
+        return max(len(getattr(self, name)) for name in _PIPE_CACHES)
+
+    def trim(self, keep: Container[str]) -> int:
+        """Forget the addresses not in ``keep`` (the aircraft the caller tracks); returns how
+        many distinct addresses were forgotten. Only Mode-S replies other than DF17/18 and
+        CRC-failed frames leave such state (for Comm-B inference, which positions never use)."""
+        foreign = {icao for name in _PIPE_CACHES for icao in getattr(self, name)
+                   if icao not in keep}
+        self.forget(foreign)
+        return len(foreign)
+
+
+# PipeDecoder's per-address caches (pyModeS 3.6), and those that hold lists of pending frames.
+_PIPE_CACHES = ("_state", "_pending_even", "_pending_odd", "_trusted_icaos", "_adsb_altitude",
+                "_adsb_velocity", "_position_history", "_airborne_position_reference",
+                "_bootstrap")
+_PIPE_PENDING = ("_pending_even", "_pending_odd")
+
+for _hook in ("_handle_cpr_pair", "_bootstrap_accumulate", "_handle_local_cpr"):
     if not hasattr(PipeDecoder, _hook):   # pragma: no cover - guards a pyModeS upgrade
         raise ImportError(f"pyModeS PipeDecoder has no {_hook}(); this pyModeS is not supported")
+if not set(_PIPE_CACHES) <= set(PipeDecoder.__slots__):   # pragma: no cover - as above
+    raise ImportError("pyModeS PipeDecoder keeps its per-aircraft state in other attributes; "
+                      "this pyModeS is not supported")
+
+
+class AddressSet:
+    """Distinct 24-bit ICAO addresses, counted exactly in a fixed 2 MiB bitmap: a set of strings
+    would grow with every invented address a spoofer sends, for as long as the service runs."""
+
+    __slots__ = ("_bits", "_n")
+
+    def __init__(self) -> None:
+        self._bits = bytearray(1 << 21)
+        self._n = 0
+
+    def add(self, icao: str) -> None:
+        i = int(icao, 16)
+        bit = 1 << (i & 7)
+        if not self._bits[i >> 3] & bit:
+            self._bits[i >> 3] |= bit
+            self._n += 1
+
+    def __contains__(self, icao: object) -> bool:
+        if not isinstance(icao, str):
+            return False
+        i = int(icao, 16)
+        return bool(self._bits[i >> 3] & (1 << (i & 7)))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AddressSet):
+            return self._n == other._n and self._bits == other._bits
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, like a set
 
 
 @dataclass
@@ -87,7 +185,8 @@ class DecodeCounters:
     out_of_order: int = 0        # position frame older than the aircraft's previous frame
     duplicates: int = 0          # same aircraft, time and position as the last stored row
     held_dropped: int = 0        # positions PipeDecoder held back and never confirmed
-    aircraft: set[str] = field(default_factory=set)   # aircraft with a stored position
+    aircraft_evicted: int = 0    # addresses whose state was forgotten early (MAX_AIRCRAFT)
+    aircraft: AddressSet = field(default_factory=AddressSet)   # aircraft with a stored position
 
     @property
     def rejected(self) -> int:
@@ -132,8 +231,9 @@ class PositionDecoder:
     """Feeds raw Mode-S frames to pyModeS and turns what it decodes into checked rows."""
 
     def __init__(self, receiver_lat: float, receiver_lon: float, range_km: float,
-                 receiver_id: str = "default") -> None:
+                 receiver_id: str = "default", max_aircraft: int = MAX_AIRCRAFT) -> None:
         self.pipe = _CrcGatedPipeDecoder(surface_ref=(receiver_lat, receiver_lon))
+        self.max_aircraft = max_aircraft
         self.counters = DecodeCounters()
         # Positions noted and not yet checked: (aircraft, t, lat, lon, altitude, extra,
         # on_ground), in the order they were decoded.
@@ -145,6 +245,8 @@ class PositionDecoder:
         self._aircraft: dict[str, _Aircraft] = {}
         self._next_sweep = -math.inf
         self._motion_rejected = 0
+        self._evicted_unlogged = 0
+        self._next_eviction_log = -math.inf
 
     # -- raw frames ---------------------------------------------------------------------------
     def feed(self, times: list[float], messages: list[str]) -> None:
@@ -155,6 +257,7 @@ class PositionDecoder:
         aircraft = self._aircraft
         note = self._found.append
         next_sweep = self._next_sweep
+        max_aircraft = self.max_aircraft
         crc_failures = rejected_altitude = out_of_order = 0
         try:
             for t, msg in zip(times, messages):
@@ -169,6 +272,8 @@ class PositionDecoder:
                 ac = aircraft.get(icao)
                 if ac is None:
                     ac = aircraft[icao] = _Aircraft(icao, t)
+                    if len(aircraft) > max_aircraft:
+                        self._evict(ac)
                 previous = ac.seen
                 ac.seen = t
                 bds = r.get("bds")
@@ -220,6 +325,11 @@ class PositionDecoder:
             moved = self.pipe.stats["position_rejected"]
             counters.rejected_speed += moved - self._motion_rejected
             self._motion_rejected = moved
+            # Mode-S replies with addresses of no tracked aircraft (corrupt or invented) only
+            # fill PipeDecoder's caches; checked once per call, so they stay within the bound
+            # plus one call's frames.
+            if self.pipe.largest_cache() > max_aircraft:
+                self._note_evicted(self.pipe.trim(aircraft))
 
     def _release_held(self, ac: _Aircraft, now: float) -> None:
         keep = []
@@ -267,6 +377,8 @@ class PositionDecoder:
         ac = self._aircraft.get(key)
         if ac is None:
             ac = self._aircraft[key] = _Aircraft(key, t)
+            if len(self._aircraft) > self.max_aircraft:
+                self._evict(ac)
         ac.seen = t
         return ac
 
@@ -413,6 +525,37 @@ class PositionDecoder:
         for k in stale:
             ac = self._aircraft.pop(k)
             self.counters.held_dropped += sum(1 for d, _, _ in ac.held if d.get("latitude") is None)
+
+    def _evict(self, newest: _Aircraft) -> None:
+        """More than ``max_aircraft`` aircraft: forget the least recently seen tenth, never
+        ``newest``, the one that just arrived. Recency alone decides: an aircraft being
+        followed sends several frames a second, an invented address is sent a few times and
+        falls silent (preferring aircraft without a stored position would instead evict real
+        aircraft still being confirmed while long-silent ghosts stay)."""
+        excess = len(self._aircraft) - int(self.max_aircraft * _EVICT_TO)
+        victims = heapq.nsmallest(excess + 1, self._aircraft.items(),
+                                  key=lambda item: item[1].seen)
+        keys = [k for k, ac in victims if ac is not newest][:excess]
+        for k in keys:
+            ac = self._aircraft.pop(k)
+            self.counters.held_dropped += sum(1 for d, _, _ in ac.held if d.get("latitude") is None)
+        self.pipe.forget(keys)
+        self._note_evicted(len(keys))
+
+    def _note_evicted(self, n: int) -> None:
+        if not n:
+            return
+        self.counters.aircraft_evicted += n
+        self._evicted_unlogged += n
+        now = time.monotonic()
+        if now >= self._next_eviction_log:
+            self._next_eviction_log = now + EVICTION_LOG_INTERVAL_S
+            log.warning("decoder: state of more than %d aircraft (Mode-S addresses included): "
+                        "forgot %d, least recently seen first (%d since start; at most one such "
+                        "line a minute). A flood of invented addresses, or a receiver range far "
+                        "beyond ADSB_RANGE_KM?",
+                        self.max_aircraft, self._evicted_unlogged, self.counters.aircraft_evicted)
+            self._evicted_unlogged = 0
 
     @property
     def aircraft_active(self) -> int:

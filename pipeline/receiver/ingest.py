@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from pipeline.config import Settings
 from pipeline.receiver.avr import AvrParser
-from pipeline.receiver.beast import BeastParser, CounterClock
+from pipeline.receiver.beast import BeastParser, CounterClock, LiveCounterClock
 from pipeline.receiver.decode import DecodeCounters, PositionDecoder
 from pipeline.receiver.lines import LineParser
 from pipeline.receiver.sbs import SbsParser
@@ -45,6 +47,7 @@ class IngestStats:
         self.decoder: PositionDecoder | None = None   # set by the _Pipeline updating these
         self.writer: PositionWriter | None = None
         self.source: TcpSource | None = None
+        self.live_clock: LiveCounterClock | None = None   # live ADSB_RECEIVER_CLOCK=counter
 
     # Framing
     @property
@@ -106,6 +109,22 @@ class IngestStats:
     def aircraft_seen(self) -> int:
         return len(self._counters.aircraft)
 
+    @property
+    def aircraft_tracked(self) -> int:
+        return self.decoder.aircraft_active if self.decoder else 0
+
+    @property
+    def aircraft_evicted(self) -> int:
+        return self._counters.aircraft_evicted
+
+    @property
+    def clock_reanchors(self) -> int:
+        return self.live_clock.reanchors if self.live_clock else 0
+
+    @property
+    def clock_bad_counters(self) -> int:
+        return self.live_clock.bad_counters if self.live_clock else 0
+
     # Writing
     @property
     def rows_written(self) -> int:
@@ -124,6 +143,22 @@ class IngestStats:
         return self.writer.write_errors if self.writer else 0
 
     @property
+    def rows_already_stored(self) -> int:
+        return self.writer.rows_already_stored if self.writer else 0
+
+    @property
+    def rows_conflicting(self) -> int:
+        return self.writer.rows_conflicting if self.writer else 0
+
+    @property
+    def rows_rejected(self) -> int:
+        return self.writer.rows_rejected if self.writer else 0
+
+    @property
+    def journal_errors(self) -> int:
+        return self.writer.journal_errors if self.writer else 0
+
+    @property
     def write_lag_s(self) -> float:
         return self.writer.write_lag_s if self.writer else 0.0
 
@@ -135,10 +170,16 @@ class IngestStats:
         names = ("bytes", "frames", "garbage_bytes", "truncated_frames", "bad_lines", "messages",
                  "crc_failures", "positions", "rejected_range", "rejected_speed",
                  "rejected_altitude", "out_of_order", "duplicates", "aircraft_seen",
-                 "rows_written", "rows_buffered", "rows_journaled", "write_errors", "write_lag_s",
-                 "reconnects")
+                 "aircraft_tracked", "aircraft_evicted", "clock_reanchors", "clock_bad_counters",
+                 "rows_written", "rows_buffered", "rows_journaled", "rows_already_stored",
+                 "rows_conflicting", "rows_rejected", "write_errors",
+                 "journal_errors", "write_lag_s", "reconnects")
         return {name: getattr(self, name) for name in names}
 
+
+# Longest interval the messages of one read are spread over in wall-clock mode (a read after a
+# long silence holds messages that arrived just now, not during the silence).
+WALL_SPREAD_S = 1.0
 
 class _Pipeline:
     """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
@@ -149,11 +190,30 @@ class _Pipeline:
         self.fmt = fmt
         self.clock_mode = clock                  # "wall", "counter" (anchor at first frame)
         self.clock = CounterClock(start_time) if start_time is not None else None
+        # Counter anchored at the wall clock (live without a start time): checked frame by frame.
+        self.live_clock = LiveCounterClock() if clock == "counter" and self.clock is None else None
         self.decoder = PositionDecoder(settings.receiver_lat, settings.receiver_lon,
                                        settings.range_km, settings.receiver_id)
         self.stats.decoder = self.decoder
         self.stats.writer = self.writer = writer
+        self.stats.live_clock = self.live_clock
         self._last_t = start_time
+        self._wall_prev: float | None = None
+
+    def _wall_times(self, n: int, received: float) -> list[float]:
+        """Receive times of the ``n`` messages of one read in wall-clock mode.
+
+        They arrived over the time since the previous read (at most ``WALL_SPREAD_S``), so they
+        are spread evenly over it, in order: two positions of one aircraft in one read (a burst
+        after a stall, a capture served faster than real time) keep distinct, increasing times
+        instead of one shared stamp - positions are unique per aircraft and time."""
+        prev = self._wall_prev
+        start = received - WALL_SPREAD_S if prev is None else max(prev, received - WALL_SPREAD_S)
+        self._wall_prev = received
+        if n == 1 or start >= received:
+            return [received] * n
+        step = (received - start) / n
+        return [start + step * (i + 1) for i in range(n)]
 
     def new_connection(self) -> None:
         self.stats.parser.reset()
@@ -191,11 +251,13 @@ class _Pipeline:
         if not messages:
             return
         if self.clock_mode == "wall":
-            times = [received] * len(messages)
+            times = self._wall_times(len(messages), received)
         else:
-            if self.clock is None:
-                self.clock = CounterClock(received - int(counters[0]) / 12e6)
-            times = self.clock.stamp_array(counters)
+            if self.live_clock is not None:
+                times = self.live_clock.stamp(counters, messages, received)
+            else:
+                assert self.clock is not None
+                times = self.clock.stamp_array(counters)
             self._last_t = times[-1]
         self.decoder.feed(times, messages)
 
@@ -205,24 +267,31 @@ class _Pipeline:
             return
         messages = [msg.hex() for _, msg in frames]
         if self.clock_mode == "wall":
-            self.decoder.feed([received] * len(frames), messages)
+            self.decoder.feed(self._wall_times(len(frames), received), messages)
             return
         times = []
+        if self.live_clock is not None:
+            counted = [(c, m) for (c, _), m in zip(frames, messages) if c is not None]
+            stamped = iter(self.live_clock.stamp(np.array([c for c, _ in counted], np.int64),
+                                                 [m for _, m in counted], received))
+            seconds: Callable[[int], float] = lambda _counter: next(stamped)  # noqa: E731
+        else:
+            assert self.clock is not None
+            seconds = self.clock.seconds
         for counter, _ in frames:
             if counter is None:
                 t = self._last_t if self._last_t is not None else received
             else:
-                if self.clock is None:
-                    self.clock = CounterClock(received - counter / 12e6)
-                t = self.clock.seconds(counter)
+                t = seconds(counter)
             self._last_t = t
             times.append(t)
         self.decoder.feed(times, messages)
 
     def _sbs(self, records: list, received: float) -> None:
         dec = self.decoder
-        for rec in records:
-            t = received if self.clock_mode == "wall" else rec.time
+        wall = self._wall_times(len(records), received) if self.clock_mode == "wall" else None
+        for i, rec in enumerate(records):
+            t = wall[i] if wall is not None else rec.time
             if t is None:
                 self.stats.sbs_bad_time += 1
                 continue
@@ -253,7 +322,22 @@ def status_line(stats: IngestStats, interval_s: float, previous: dict | None) ->
             f"{now['out_of_order']} out of order, {now['duplicates']} duplicates, "
             f"aircraft seen {now['aircraft_seen']}, rows written {now['rows_written']}, "
             f"buffered {now['rows_buffered']}, journaled {now['rows_journaled']}, "
-            f"write errors {now['write_errors']}, write lag {now['write_lag_s']:.1f} s")
+            f"write errors {now['write_errors']}, write lag {now['write_lag_s']:.1f} s"
+            + _alarms(now))
+
+
+def _alarms(now: dict) -> str:
+    """Counters of floods and clock trouble, in the status line only once they are non-zero."""
+    parts = []
+    if now["journal_errors"]:
+        parts.append(f"journal write failures {now['journal_errors']}")
+    if now["aircraft_evicted"]:
+        parts.append(f"aircraft evicted {now['aircraft_evicted']} (tracking "
+                     f"{now['aircraft_tracked']})")
+    if now["clock_reanchors"] or now["clock_bad_counters"]:
+        parts.append(f"clock re-anchored {now['clock_reanchors']}, bad counters "
+                     f"{now['clock_bad_counters']}")
+    return "".join(", " + p for p in parts)
 
 
 def _parse_start(start_time: str | float | dt.datetime | None, path: Path) -> float:

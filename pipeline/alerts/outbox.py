@@ -1,0 +1,77 @@
+"""Alerts written with the flag: called by the scorer inside the transaction that stores the
+scores, so a flag and its alerts are committed together or not at all (a crash between the two
+cannot lose an alert or send one for a flag that was rolled back).
+
+A flag alerts once per flight: when a flight is flagged and no model had flagged it before
+(a re-score by the same model, or by the next model after the nightly training, of a flight
+already flagged says nothing new), unless the user's newest verdict on it is "normal".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from pipeline.alerts import message
+from pipeline.config import Settings
+from pipeline.db.schema import alert_outbox
+
+log = logging.getLogger(__name__)
+
+WEBHOOK = "webhook"
+MQTT = "mqtt"
+
+# Must run before the batch's scores are written: "flagged before" is read from the history.
+_NEW_FLAGS = sa.text("""
+    SELECT u.fid FROM unnest(CAST(:ids AS bigint[])) AS u(fid)
+     WHERE NOT EXISTS (SELECT 1 FROM flight_scores s WHERE s.flight_id = u.fid AND s.flagged)
+       AND NOT EXISTS (SELECT 1 FROM flight_verdicts v
+                        WHERE v.flight_id = u.fid AND v.verdict = 'normal')
+     ORDER BY u.fid""")
+
+_NOTIFY = sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+
+
+def sinks(settings: Settings) -> list[str]:
+    """The outbox sinks configured in these settings."""
+    out = []
+    if settings.alert_webhook_url:
+        out.append(WEBHOOK)
+    if settings.alert_mqtt_url:
+        out.append(MQTT)
+    return out
+
+
+def enabled(settings: Settings) -> bool:
+    return bool(sinks(settings) or settings.alert_notify_channel)
+
+
+def new_flags(conn: sa.Connection, flagged_ids: list[int]) -> list[int]:
+    """Of the flights flagged in this batch, those that alert (see the module's docstring)."""
+    if not flagged_ids:
+        return []
+    return list(conn.execute(_NEW_FLAGS, {"ids": flagged_ids}).scalars())
+
+
+def enqueue(conn: sa.Connection, settings: Settings, model_id: int,
+            flight_ids: list[int]) -> list[dict[str, Any]]:
+    """One outbox row per flight and configured sink, and one NOTIFY per flight, in the
+    caller's transaction (PostgreSQL delivers the NOTIFY on commit). Returns the messages."""
+    if not flight_ids:
+        return []
+    bodies = message.bodies(conn, settings, model_id, flight_ids)
+    rows = [{"flight_id": b["flight_id"], "model_id": model_id, "sink": sink, "payload": b}
+            for b in bodies for sink in sinks(settings)]
+    if rows:
+        conn.execute(insert(alert_outbox).on_conflict_do_nothing(
+            index_elements=["flight_id", "model_id", "sink"]), rows)
+    if settings.alert_notify_channel:
+        conn.execute(_NOTIFY, {"channel": settings.alert_notify_channel,
+                               "payloads": [message.encode(b).decode() for b in bodies]})
+    log.info("new flags: %s", ", ".join(
+        f"flight {b['flight_id']} {b['callsign'] or b['icao24']} ({b['channel']}, "
+        f"x{b['score_ratio']})" for b in bodies))
+    return bodies

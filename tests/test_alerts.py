@@ -1,0 +1,526 @@
+"""Alerts on new flags: outbox and NOTIFY in the flag's transaction, delivery to a real webhook
+receiver and a real Mosquitto broker, retries with backoff, give-up, and scoring never waiting
+for an endpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import select
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg2
+import pytest
+import sqlalchemy as sa
+import yaml
+
+import helpers_flights as hf
+from pipeline.alerts import delivery, message, outbox, sinks
+from pipeline.db.engine import plain_url
+from pipeline.metrics import DatabaseCollector
+from pipeline.model import score, train
+from pipeline.scheduler import ALERT_TICK_S, Worker, build_scheduler
+
+pytestmark = pytest.mark.slow
+
+N_FLAGGED = 5
+DOC = Path(__file__).resolve().parents[1] / "docs" / "alerts.md"
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
+
+
+# ---- a database whose active model flags exactly N_FLAGGED flights -------------------------------
+@pytest.fixture(scope="module")
+def trained(databases, tmp_path_factory):
+    """Simulated flights and an active (briefly fitted) model whose threshold lies between the
+    5th and 6th highest score, so each test knows which flights a scoring pass flags. Nothing
+    is scored in the template; each test works on a copy."""
+    url, _ = hf.sim_database(databases, n_normal=60, n_anomalies=4)
+    data_dir = tmp_path_factory.mktemp("alerts")
+    settings = hf.model_settings(url, data_dir, alert_notify_channel="")
+    engine = sa.create_engine(url)
+    try:
+        result = train.run_training(settings, seed=3, verbose=False, engine=engine, plain=True,
+                                    arch=hf.tiny_arch(), max_epochs=3)
+        with engine.begin() as c:
+            # A 3-epoch fit may miss the recall floor; what is tested here is what follows a flag.
+            c.execute(sa.text("UPDATE models SET status = 'active' WHERE id = :i"),
+                      {"i": result.model_id})
+        score._cache.clear()
+        assert score.score_pending(engine, settings) == 64
+        with engine.begin() as c:
+            ranked = c.execute(sa.text("SELECT id, score FROM flights ORDER BY score DESC")).all()
+            threshold = (ranked[N_FLAGGED - 1].score + ranked[N_FLAGGED].score) / 2
+            c.execute(sa.text("UPDATE models SET threshold = :t"), {"t": threshold})
+            c.execute(sa.text("DELETE FROM flight_scores"))
+            c.execute(sa.text("UPDATE flights SET score = NULL, threshold = NULL, flagged = NULL, "
+                              "model_id = NULL, scored_at = NULL"))
+    finally:
+        engine.dispose()
+        score._cache.clear()
+    return url, data_dir, sorted(r.id for r in ranked[:N_FLAGGED])
+
+
+@pytest.fixture
+def db(databases, trained):
+    url, data_dir, flagged = trained
+    engine = sa.create_engine(hf.copy_database(databases, url))
+
+    def settings(**alerts):
+        return hf.model_settings(engine.url.render_as_string(hide_password=False), data_dir,
+                                 **alerts)
+
+    yield engine, settings, flagged
+    engine.dispose()
+
+
+def _q(engine, sql, **kw):
+    with engine.connect() as c:
+        return c.execute(sa.text(sql), kw).all()
+
+
+def _outbox(engine, sink=None):
+    return _q(engine, "SELECT * FROM alert_outbox WHERE :s IS NULL OR sink = :s ORDER BY id",
+              s=sink)
+
+
+# ---- LISTEN ------------------------------------------------------------------------------------
+@pytest.fixture
+def listener(db):
+    engine, _, _ = db
+    conn = psycopg2.connect(plain_url(engine.url))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("LISTEN adsb_flags")
+    yield conn
+    conn.close()
+
+
+def notifications(conn, expect: int | None = None, wait: float = 5.0) -> list[dict]:
+    """Payloads received; waits until ``expect`` arrived (or ``wait`` seconds passed)."""
+    out: list[dict] = []
+    deadline = time.monotonic() + wait
+    while True:
+        conn.poll()
+        while conn.notifies:
+            n = conn.notifies.pop(0)
+            assert n.channel == "adsb_flags"
+            out.append(json.loads(n.payload))
+        left = deadline - time.monotonic()
+        if (expect is not None and len(out) >= expect) or left <= 0:
+            return out
+        select.select([conn], [], [], left)
+
+
+# ---- a webhook receiver --------------------------------------------------------------------------
+class Receiver:
+    """A tiny HTTP server recording every POST; answers 503 to the first ``fail_first``."""
+
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0) -> None:
+        self.requests: list[tuple[float, int, dict]] = []      # (time, status, body)
+        self.fail_first = fail_first
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert self.headers["Content-Type"] == "application/json"
+                time.sleep(delay_s)
+                with lock:
+                    status = 503 if len(outer.requests) < outer.fail_first else 200
+                    outer.requests.append((time.time(), status, body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=secret"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict]:
+        return [body for _, status, body in self.requests if status == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(**kw) -> Receiver:
+        made.append(Receiver(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def documented(info: str, marker: str = "") -> str:
+    """The one fenced block of docs/alerts.md with this info string (containing ``marker``)."""
+    blocks = [m.group(2) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", DOC.read_text(),
+                                              re.S | re.M)
+              if m.group(1).strip() == info and marker in m.group(2)]
+    assert len(blocks) == 1, (info, marker, len(blocks))
+    return blocks[0]
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- enqueueing ----------------------------------------------------------------------------------
+def test_new_flags_are_queued_per_sink_and_notified_only_on_commit(db, listener):
+    engine, settings, flagged = db
+    s = settings(alert_webhook_url="http://127.0.0.1:9/hook",
+                 alert_mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+                 public_url="https://adsb.example.org/")
+    scorer = score._usable_active(engine)
+    # One scoring batch, rolled back: no alert may survive a flag that was not committed.
+    with engine.connect() as conn, conn.begin() as tx:
+        rows = conn.execute(score._PENDING, {"model": scorer.model.id, "since": None,
+                                             "limit": 1000, "rescore": False, "started": None,
+                                             "format": scorer.image_format}).all()
+        ids, images, bad = score._decode(rows, scorer.channels)
+        score._score_batch(conn, scorer, ids, images, bad, s)
+        assert conn.execute(sa.text("SELECT count(*) FROM alert_outbox")).scalar() == \
+            2 * N_FLAGGED
+        tx.rollback()
+    assert notifications(listener, wait=1.0) == []
+    assert _outbox(engine) == []
+
+    assert score.score_pending(engine, s) == 64
+    notes = notifications(listener, expect=N_FLAGGED)
+    assert sorted(n["flight_id"] for n in notes) == flagged
+    queued = _outbox(engine)
+    assert sorted((r.flight_id, r.sink) for r in queued) == sorted(
+        (f, sink) for f in flagged for sink in ("mqtt", "webhook"))
+    assert all(r.attempts == 0 and r.delivered_at is None and r.last_error is None for r in queued)
+    # The body is the flag as stored, the same for NOTIFY, webhook and MQTT.
+    facts = {r.id: r for r in _q(engine, """
+        SELECT f.id, f.icao24, f.callsign, f.first_seen, f.last_seen, f.receiver_id, s.score,
+               s.threshold, s.channel, m.version
+          FROM flights f JOIN flight_scores s ON s.flight_id = f.id AND s.model_id = f.model_id
+          JOIN models m ON m.id = f.model_id WHERE f.flagged""")}
+    assert sorted(facts) == flagged
+    by_flight = {n["flight_id"]: n for n in notes}
+    for r in queued:
+        assert r.payload == by_flight[r.flight_id]
+    for fid, body in by_flight.items():
+        f = facts[fid]
+        assert set(body) == {"event", "flight_id", "icao24", "callsign", "first_seen",
+                             "last_seen", "score", "threshold", "score_ratio", "channel",
+                             "model_version", "scored_at", "receiver", "url"}
+        assert body["event"] == "flag" and body["icao24"] == f.icao24
+        assert body["callsign"] == f.callsign and body["receiver"] == f.receiver_id == "default"
+        assert body["first_seen"] == f.first_seen.isoformat(timespec="seconds").replace(
+            "+00:00", "Z")
+        assert body["score"] == pytest.approx(f.score, abs=1e-6) and body["score"] > \
+            body["threshold"]
+        assert body["threshold"] == pytest.approx(f.threshold, abs=1e-6)
+        assert body["score_ratio"] == round(f.score / f.threshold, 2) >= 1.0
+        assert body["channel"] == f.channel and body["model_version"] == f.version
+        assert body["url"] == f"https://adsb.example.org/flights/{fid}"
+
+
+def test_link_defaults_to_the_web_pages_address(db):
+    _, settings, _ = db
+    assert message.flight_url(settings(web_host="10.0.0.5", web_port=8760), 42) == \
+        "http://10.0.0.5:8760/flights/42"
+
+
+def test_a_rescore_does_not_alert_again_nor_does_the_next_model(db, listener):
+    engine, settings, flagged = db
+    s = settings(alert_webhook_url="http://127.0.0.1:9/hook")
+    score.score_pending(engine, s)
+    assert len(notifications(listener, expect=N_FLAGGED)) == N_FLAGGED
+    assert score.score_pending(engine, s, rescore=True) == 64
+    # The nightly model: a new active model re-scores the recent flights and flags them again.
+    with engine.begin() as conn:
+        hf.activate_copy_of_model(conn)
+    assert score.score_pending(engine, s) == 64
+    assert _q(engine, "SELECT count(*) FROM flight_scores WHERE flagged")[0][0] == 2 * N_FLAGGED
+    assert notifications(listener, wait=1.0) == []
+    assert sorted(r.flight_id for r in _outbox(engine)) == flagged
+
+
+def test_a_flight_judged_normal_does_not_alert(db, listener):
+    engine, settings, flagged = db
+    normal, changed_mind, *_ = flagged
+    with engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO flight_labels (flight_id, verdict, author, created_at) VALUES
+              (:a, 'anomalous', 'alice', now() - interval '2 hours'),
+              (:a, 'normal', 'bob', now() - interval '1 hour'),
+              (:b, 'normal', 'alice', now() - interval '2 hours'),
+              (:b, 'anomalous', 'alice', now() - interval '1 hour')"""),
+            {"a": normal, "b": changed_mind})
+    s = settings(alert_webhook_url="http://127.0.0.1:9/hook")
+    score.score_pending(engine, s)
+    alerted = [f for f in flagged if f != normal]
+    assert sorted(n["flight_id"] for n in notifications(listener, expect=len(alerted))) == alerted
+    assert notifications(listener, wait=0.5) == []
+    assert sorted(r.flight_id for r in _outbox(engine)) == alerted
+    # Still flagged (the model's opinion is kept), just not listed nor alerted.
+    assert _q(engine, "SELECT flagged FROM flights WHERE id = :i", i=normal)[0][0] is True
+    listed = _q(engine, "SELECT flight_id, verdict FROM flagged_flights ORDER BY flight_id")
+    assert [tuple(r) for r in listed] == [
+        (f, "anomalous" if f == changed_mind else None) for f in alerted]
+
+
+# ---- delivery ------------------------------------------------------------------------------------
+def _mqtt_up() -> bool:
+    try:
+        socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_mosquitto_receives_each_flag_once_qos1_not_retained(db):
+    if not _mqtt_up():
+        pytest.skip(f"no MQTT broker (Mosquitto) listening on {MQTT_HOST}:{MQTT_PORT}")
+    engine, settings, flagged = db
+    prefix = f"adsb-test-{uuid.uuid4().hex[:8]}/flags"
+    s = settings(alert_mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}", alert_mqtt_topic=prefix)
+    got: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.on_message = lambda _c, _u, msg: got.append(msg)
+    sub.connect(MQTT_HOST, MQTT_PORT)
+    sub.loop_start()
+    try:
+        sub.subscribe(f"{prefix}/#", qos=1)
+        assert subscribed.wait(5)
+        score.score_pending(engine, s)
+        worker = Worker(s, engine)
+        result = worker.deliver_alerts()                 # the scheduler's job function
+        assert (result.sent, result.failed) == (N_FLAGGED, 0)
+        deadline = time.monotonic() + 5
+        while len(got) < N_FLAGGED and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    rows = {r.flight_id: r for r in _outbox(engine)}
+    assert sorted(rows) == flagged and all(r.delivered_at is not None for r in rows.values())
+    assert len(got) == N_FLAGGED
+    for msg in got:
+        assert msg.topic == f"{prefix}/default" and msg.qos == 1 and not msg.retain
+        body = json.loads(msg.payload)
+        assert body == rows[body["flight_id"]].payload
+    # Nothing retained: a subscriber arriving later gets no old flag.
+    late: list = []
+    sub2 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub2.on_message = lambda _c, _u, msg: late.append(msg)
+    sub2.connect(MQTT_HOST, MQTT_PORT)
+    sub2.loop_start()
+    sub2.subscribe(f"{prefix}/#", qos=1)
+    time.sleep(1.0)
+    sub2.disconnect()
+    sub2.loop_stop()
+    assert late == []
+    assert worker.deliver_alerts().sent == 0              # delivered once, not again
+
+
+def test_webhook_failing_twice_gets_the_body_after_backoff(db, receiver):
+    engine, settings, flagged = db
+    hook = receiver(fail_first=2)
+    s = settings(alert_webhook_url=hook.url)
+    score.score_pending(engine, s)
+    d = delivery.Deliverer(s, backoff_base_s=0.4, rng=random.Random(7))
+    first = min(flagged)
+    schedule = []                      # (failures so far, next_attempt_at) after each failure
+    deadline = time.monotonic() + 20
+    while _q(engine, "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")[0][0]:
+        assert time.monotonic() < deadline, hook.requests
+        if d.deliver_due(engine).failed:
+            row = _q(engine, "SELECT attempts, next_attempt_at, last_error FROM alert_outbox "
+                             "WHERE flight_id = :f", f=first)[0]
+            schedule.append((row.attempts, row.next_attempt_at.timestamp()))
+            assert row.last_error == "HTTP 503 Service Unavailable"
+        time.sleep(0.02)
+    statuses = [status for _, status, _ in hook.requests]
+    # One try per backoff step while the endpoint fails (the other alerts wait behind the
+    # oldest), then every alert once.
+    assert statuses == [503, 503] + [200] * N_FLAGGED
+    assert [b["flight_id"] for _, _, b in hook.requests[:3]] == [first] * 3
+    assert [a for a, _ in schedule] == [1, 2]
+    for (failures, due), (sent_at, _, _), (next_sent_at, _, _) in zip(
+            schedule, hook.requests, hook.requests[1:3]):
+        step = 0.4 * 2 ** (failures - 1)
+        assert step / 2 - 0.05 <= due - sent_at <= step + 0.05     # backoff with jitter
+        assert next_sent_at >= due - 0.01                           # and it was honoured
+    rows = {r.flight_id: r for r in _outbox(engine)}
+    assert sorted(b["flight_id"] for b in hook.delivered()) == flagged
+    for body in hook.delivered():
+        assert body == rows[body["flight_id"]].payload
+    assert rows[first].attempts == 2 and rows[first].delivered_at is not None
+    assert all(rows[f].attempts == 0 for f in flagged if f != first)
+    assert d.deliver_due(engine).sent == 0
+
+
+def test_two_workers_never_send_the_same_alert(db, receiver):
+    engine, settings, _ = db
+    hook = receiver(delay_s=0.05)
+    s = settings(alert_webhook_url=hook.url)
+    score.score_pending(engine, s)
+    with engine.begin() as conn:          # more alerts than flags: every scored flight
+        ids = list(conn.execute(sa.text("SELECT id FROM flights WHERE NOT flagged")).scalars())
+        outbox.enqueue(conn, s, conn.execute(sa.text(
+            "SELECT id FROM models WHERE status = 'active'")).scalar_one(), ids)
+    results: list[delivery.PassResult] = []
+    workers = [threading.Thread(target=lambda: results.append(
+        delivery.Deliverer(s).deliver_due(engine))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    bodies = [b["flight_id"] for b in hook.delivered()]
+    assert len(bodies) == len(set(bodies)) == 64
+    assert sum(r.sent for r in results) == 64 and all(r.sent for r in results)
+    assert _q(engine, "SELECT count(*) FROM alert_outbox WHERE delivered_at IS NULL")[0][0] == 0
+
+
+def test_scoring_neither_waits_for_nor_contacts_a_webhook_that_hangs(db, monkeypatch):
+    engine, settings, flagged = db
+    hang = socket.socket()                         # accepts connections, never answers
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)
+    hang.settimeout(0.05)
+    accepted: list[socket.socket] = []
+    s = settings(alert_webhook_url=f"http://127.0.0.1:{hang.getsockname()[1]}/hook")
+    try:
+        assert score.score_pending(engine, s) == 64
+        with pytest.raises(TimeoutError):
+            accepted.append(hang.accept()[0])      # scoring made no connection
+        assert len(_outbox(engine)) == N_FLAGGED
+        monkeypatch.setattr(sinks, "SEND_TIMEOUT_S", 60.0)
+        sender = threading.Thread(target=delivery.Deliverer(s).deliver_due, args=(engine,))
+        sender.start()
+        hang.settimeout(10)
+        accepted.append(hang.accept()[0])          # the delivery job is now stuck in a send
+        t0 = time.monotonic()
+        assert score.score_pending(engine, s, rescore=True) == 64
+        took = time.monotonic() - t0
+        assert sender.is_alive(), "the send ended before scoring: nothing was shown"
+        assert took < 30
+    finally:
+        for c in accepted:
+            c.close()                              # the stuck send fails now
+        hang.close()
+    sender.join(10)
+    assert not sender.is_alive()
+    row = _q(engine, "SELECT attempts, last_error, next_attempt_at > now() AS later "
+                     "FROM alert_outbox WHERE flight_id = :f", f=min(flagged))[0]
+    assert row.attempts == 1 and row.later and row.last_error
+
+
+def test_an_alert_past_the_give_up_time_is_given_up_logged_and_counted(db, receiver, caplog):
+    engine, settings, flagged = db
+    hook = receiver()
+    s = settings(alert_webhook_url=hook.url, alert_give_up_hours=24)
+    score.score_pending(engine, s)
+    old = flagged[2]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alert_outbox SET created_at = now() - interval '25 hours', "
+                             "attempts = 40, last_error = 'HTTP 502 Bad Gateway' "
+                             "WHERE flight_id = :f"), {"f": old})
+    caplog.set_level("INFO", logger="pipeline.alerts")
+    result = delivery.Deliverer(s).deliver_due(engine)
+    assert (result.sent, result.given_up) == (N_FLAGGED - 1, 1)
+    assert old not in [b["flight_id"] for b in hook.delivered()]
+    row = _q(engine, "SELECT delivered_at, next_attempt_at, last_error FROM alert_outbox "
+                     "WHERE flight_id = :f", f=old)[0]
+    assert row.delivered_at is None and row.last_error == "given up: HTTP 502 Bad Gateway"
+    assert _q(engine, "SELECT next_attempt_at = 'infinity' FROM alert_outbox WHERE flight_id "
+                      "= :f", f=old)[0][0]
+    gave_up = [r for r in caplog.records if "gave up" in r.message]
+    assert len(gave_up) == 1 and gave_up[0].levelname == "ERROR"
+    assert f"flights {old}" in gave_up[0].message and "24 h" in gave_up[0].message
+    metrics = {(s.name, s.labels.get("sink")): s.value
+               for family in DatabaseCollector(engine).collect() for s in family.samples}
+    assert metrics[("adsb_alerts_sent_total", "webhook")] == N_FLAGGED - 1
+    assert metrics[("adsb_alerts_given_up_total", "webhook")] == 1
+    assert metrics[("adsb_alerts_failed_total", "webhook")] == 40
+    assert metrics[("adsb_alerts_pending", "webhook")] == 0
+    # The documented way to send a given-up alert again.
+    with engine.begin() as conn:
+        conn.execute(sa.text(documented("sql", "UPDATE alert_outbox")))
+    assert delivery.Deliverer(s).deliver_due(engine).sent == 1
+    assert [b["flight_id"] for b in hook.delivered()][-1] == old
+
+
+def test_an_endpoint_that_is_down_is_logged_once_then_its_recovery(db, receiver, caplog):
+    engine, settings, flagged = db
+    s = settings(alert_webhook_url=f"http://127.0.0.1:{_closed_port()}/hook")
+    score.score_pending(engine, s)
+    caplog.set_level("INFO")
+    d = delivery.Deliverer(s)
+    for _ in range(4):
+        assert d.deliver_due(engine).failed == 1
+        with engine.begin() as conn:                      # the next step of the backoff, now
+            conn.execute(sa.text("UPDATE alert_outbox SET next_attempt_at = now()"))
+    down = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(down) == 1 and "is not taking alerts" in down[0].message
+    assert "secret" not in caplog.text and "/hook" not in caplog.text   # endpoint only
+    assert _q(engine, "SELECT max(attempts) FROM alert_outbox")[0][0] == 4
+    waiting = _q(engine, documented("sql", "FROM alert_outbox"))
+    assert sorted(r.flight_id for r in waiting) == flagged
+    assert waiting[0].attempts == 4 and "Connect" in waiting[0].last_error
+    d.settings = settings(alert_webhook_url=receiver().url)
+    assert d.deliver_due(engine).sent == N_FLAGGED
+    back = [r.message for r in caplog.records if "takes alerts again" in r.message]
+    assert len(back) == 1 and "after 4 failed attempts" in back[0]
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap():
+    rng = random.Random(0)
+    for failures in range(1, 12):
+        step = min(600.0, 5.0 * 2 ** (failures - 1))
+        waits = [delivery.backoff_s(failures, 5.0, 600.0, rng) for _ in range(200)]
+        assert step / 2 <= min(waits) and max(waits) <= step
+        assert max(waits) - min(waits) > step / 4          # jittered, not one value
+    assert delivery.backoff_s(10_000, 5.0, 600.0, rng) <= 600.0
+
+
+def test_the_worker_schedules_delivery_every_few_seconds(db):
+    engine, settings, _ = db
+    job = build_scheduler(settings(), engine).get_job("alerts")
+    assert job is not None and job.trigger.interval.total_seconds() == ALERT_TICK_S <= 10
+
+
+def test_documented_message_and_home_assistant_automation_match_what_is_sent(db):
+    engine, settings, flagged = db
+    example = json.loads(documented("json"))
+    s = settings()
+    score.score_pending(engine, s)
+    with engine.connect() as conn:
+        sent = message.bodies(conn, s, conn.execute(sa.text(
+            "SELECT id FROM models WHERE status = 'active'")).scalar_one(), flagged[:1])[0]
+    assert list(example) == list(sent)
+    assert {k: type(v) for k, v in example.items()} == {k: type(v) for k, v in sent.items()}
+    table = DOC.read_text().split("| field | meaning |")[1].split("\n\n")[0]
+    for key in sent:
+        assert f"`{key}`" in table, key
+    automation = yaml.safe_load(documented("yaml"))[0]
+    assert automation["trigger"][0]["topic"] == f"{s.alert_mqtt_topic}/{sent['receiver']}"
+    assert "trigger.payload_json.url" in automation["action"][0]["data"]["data"]["url"]
