@@ -175,3 +175,13 @@ def test_compose_config_is_valid_and_resolves_to_localhost_ports(tmp_path):
     resolved = yaml.safe_load(run("config").stdout)
     ports = [str(p) for svc in resolved["services"].values() for p in svc.get("ports", [])]
     assert ports and all(p.startswith("127.0.0.1:") for p in ports), ports
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    """`pip install .` (not editable) installs only the listed packages: one left out imports
+    in a checkout and fails in the image."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "pipeline").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
