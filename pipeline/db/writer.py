@@ -155,6 +155,12 @@ class PositionWriter:
                 stopping = self._stop
                 chunks, count = self._take()
             if chunks:
+                if not self._db_ok:
+                    # Journaled rows are older than those in memory: after an outage they go
+                    # first, so rows reach the table in time order (the flight pass closes a
+                    # flight by the newest stored position; newer rows stored before older
+                    # ones would close flights those older rows continue).
+                    self._replay_journal()
                 if self._write(chunks, count):
                     delay = _RETRY_FIRST_S
                     self._replay_journal()

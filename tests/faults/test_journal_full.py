@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import sqlalchemy as sa
@@ -59,3 +60,50 @@ def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_
     good.close()
     rows = stored_rows(db_url)
     assert len(rows) == put == len({(r[1], r[0]) for r in rows})
+
+
+def test_after_an_outage_journaled_rows_are_stored_before_newer_rows_held_in_memory(
+        db_url, tmp_path):
+    """The journal holds the oldest rows of an outage, memory the newest: once the database is
+    back the journal goes first, so that no newer position is stored (moving the data clock,
+    by which flights are closed) while older ones that continue those flights still wait."""
+    import psycopg2
+
+    up = threading.Event()
+    url = sa.make_url(db_url)
+
+    def connect():
+        if not up.is_set():
+            raise psycopg2.OperationalError("the server is away")
+        return psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username,
+                                dbname=url.database)
+
+    engine = sa.create_engine("postgresql+psycopg2://", creator=connect)
+    writer = PositionWriter(engine, tmp_path / "journal", batch_rows=100, buffer_max_rows=1000)
+    put = 0
+
+    def feed(chunks: int) -> None:
+        nonlocal put
+        for _ in range(chunks):
+            rows, days = _rows(200, t0=1633608001.0 + put)
+            writer.put(rows, 200, days)
+            put += 200
+
+    feed(1)
+    deadline = time.monotonic() + 10
+    while not writer.write_errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    feed(9)                                     # the oldest rows spill, the newest stay
+    journaled = writer.rows_journaled
+    assert journaled > 0 and writer.pending > 0
+    up.set()
+    writer.close(timeout_s=60)
+    assert writer.rows_written == put and not list((tmp_path / "journal").glob("positions-*"))
+    with sa.create_engine(db_url).connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT extract(epoch FROM time), inserted_at FROM positions ORDER BY time")).all()
+    assert len(rows) == put
+    split = 1633608001.0 + journaled            # the journal took the first rows put
+    last_old = max(ins for t, ins in rows if float(t) < split)
+    first_new = min(ins for t, ins in rows if float(t) >= split)
+    assert last_old < first_new
