@@ -48,6 +48,7 @@ class IngestStats:
         self.writer: PositionWriter | None = None
         self.source: TcpSource | None = None
         self.live_clock: LiveCounterClock | None = None   # live ADSB_RECEIVER_CLOCK=counter
+        self.wall_clock: WallClock | None = None          # set by the _Pipeline
 
     # Framing
     @property
@@ -125,6 +126,10 @@ class IngestStats:
     def clock_bad_counters(self) -> int:
         return self.live_clock.bad_counters if self.live_clock else 0
 
+    @property
+    def clock_steps(self) -> int:
+        return self.wall_clock.steps if self.wall_clock else 0
+
     # Writing
     @property
     def rows_written(self) -> int:
@@ -171,6 +176,7 @@ class IngestStats:
                  "crc_failures", "positions", "rejected_range", "rejected_speed",
                  "rejected_altitude", "out_of_order", "duplicates", "aircraft_seen",
                  "aircraft_tracked", "aircraft_evicted", "clock_reanchors", "clock_bad_counters",
+                 "clock_steps",
                  "rows_written", "rows_buffered", "rows_journaled", "rows_already_stored",
                  "rows_conflicting", "rows_rejected", "write_errors",
                  "journal_errors", "write_lag_s", "reconnects")
@@ -180,6 +186,50 @@ class IngestStats:
 # Longest interval the messages of one read are spread over in wall-clock mode (a read after a
 # long silence holds messages that arrived just now, not during the silence).
 WALL_SPREAD_S = 1.0
+# The wall clock moved this much more or less than the monotonic clock between two reads: the
+# host's clock was stepped (NTP at boot, a hand-set date).
+WALL_STEP_S = 5.0
+STEP_LOG_EVERY_S = 60.0
+
+
+class WallClock:
+    """Receive times of live messages in wall-clock mode.
+
+    The messages of one read arrived over the time since the previous read (at most
+    ``WALL_SPREAD_S``), so they are spread evenly over it, in order: two positions of one
+    aircraft in one read (a burst after a stall) keep distinct, increasing times instead of one
+    shared stamp - positions are unique per aircraft and time.
+
+    A step of the host's clock cannot be undone here (which clock is right is unknown), but it
+    is counted (``clock_steps``) and logged: positions around it are stored off by the step, and
+    a flight crossing it may be cut in two."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self._prev: tuple[float, float] | None = None      # (wall, monotonic) of the last read
+        self._last_log = -STEP_LOG_EVERY_S
+
+    def stamp(self, n: int, received: float, mono: float) -> list[float]:
+        prev = self._prev
+        self._prev = (received, mono)
+        if prev is None:
+            start = received - WALL_SPREAD_S
+        else:
+            step = (received - prev[0]) - (mono - prev[1])
+            if abs(step) > WALL_STEP_S:
+                self.steps += 1
+                if mono - self._last_log >= STEP_LOG_EVERY_S:
+                    self._last_log = mono
+                    log.warning("the host clock stepped by %+.0f s between two reads: positions "
+                                "are stamped with the new time (ADSB_RECEIVER_CLOCK=counter "
+                                "takes the receiver's own counter); %d steps so far", step,
+                                self.steps)
+                prev = (received - (mono - prev[1]), prev[1])
+            start = max(prev[0], received - WALL_SPREAD_S)
+        if n == 1 or start >= received:
+            return [received] * n
+        width = (received - start) / n
+        return [start + width * (i + 1) for i in range(n)]
 
 class _Pipeline:
     """One parser + one decoder + the writer; ``process()`` takes bytes with a receive time."""
@@ -198,22 +248,11 @@ class _Pipeline:
         self.stats.writer = self.writer = writer
         self.stats.live_clock = self.live_clock
         self._last_t = start_time
-        self._wall_prev: float | None = None
+        self.wall_clock = WallClock()
+        self.stats.wall_clock = self.wall_clock
 
     def _wall_times(self, n: int, received: float) -> list[float]:
-        """Receive times of the ``n`` messages of one read in wall-clock mode.
-
-        They arrived over the time since the previous read (at most ``WALL_SPREAD_S``), so they
-        are spread evenly over it, in order: two positions of one aircraft in one read (a burst
-        after a stall, a capture served faster than real time) keep distinct, increasing times
-        instead of one shared stamp - positions are unique per aircraft and time."""
-        prev = self._wall_prev
-        start = received - WALL_SPREAD_S if prev is None else max(prev, received - WALL_SPREAD_S)
-        self._wall_prev = received
-        if n == 1 or start >= received:
-            return [received] * n
-        step = (received - start) / n
-        return [start + step * (i + 1) for i in range(n)]
+        return self.wall_clock.stamp(n, received, time.monotonic())
 
     def new_connection(self) -> None:
         self.stats.parser.reset()
@@ -337,6 +376,8 @@ def _alarms(now: dict) -> str:
     if now["clock_reanchors"] or now["clock_bad_counters"]:
         parts.append(f"clock re-anchored {now['clock_reanchors']}, bad counters "
                      f"{now['clock_bad_counters']}")
+    if now["clock_steps"]:
+        parts.append(f"host clock steps {now['clock_steps']}")
     return "".join(", " + p for p in parts)
 
 
