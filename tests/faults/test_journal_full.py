@@ -14,6 +14,24 @@ from pipeline.db import writer as writer_module
 from pipeline.db.writer import PositionWriter
 
 
+class _Feeder:
+    """Puts chunks of 200 rows, each later than the last, into a writer."""
+
+    def __init__(self, writer: PositionWriter) -> None:
+        self.writer, self.put = writer, 0
+
+    def __call__(self, chunks: int) -> None:
+        for _ in range(chunks):
+            rows, days = _rows(200, t0=1633608001.0 + self.put)
+            self.writer.put(rows, 200, days)
+            self.put += 200
+
+
+def _wait_for_a_failed_write(writer: PositionWriter) -> None:
+    deadline = time.monotonic() + 10
+    while not writer.write_errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+
 def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_path,
                                                                     monkeypatch, caplog):
     monkeypatch.setattr(writer_module, "_SPILL_RETRY_S", 0.2)
@@ -21,19 +39,9 @@ def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_
                             connect_args={"connect_timeout": 2})
     journal = tmp_path / "journal"
     writer = PositionWriter(dead, journal, batch_rows=100, buffer_max_rows=1000)
-    put = 0
-
-    def feed(chunks: int) -> None:
-        nonlocal put
-        for _ in range(chunks):
-            rows, days = _rows(200, t0=1633608001.0 + put)
-            writer.put(rows, 200, days)
-            put += 200
-
+    feed = _Feeder(writer)
     feed(1)
-    deadline = time.monotonic() + 10            # the first write fails: the database is away
-    while not writer.write_errors and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_a_failed_write(writer)            # the database is away
     feed(7)                                     # over the bound: the first spill succeeds
     journaled = writer.rows_journaled
     assert journaled > 0 and writer.journal_errors == 0
@@ -43,7 +51,7 @@ def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_
     feed(10)                                    # no exception reaches the ingest
     assert writer.journal_errors > 0
     assert writer.rows_journaled == journaled   # what was journaled stays journaled
-    assert writer.pending == put - journaled    # the rest is held in memory, beyond the bound
+    assert writer.pending == feed.put - journaled    # the rest is held in memory, beyond the bound
     assert "cannot write the journal" in caplog.text
     # Disk space comes back: the next spill after the retry pause takes the held rows.
     journal.unlink()
@@ -51,7 +59,7 @@ def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_
     time.sleep(0.3)
     feed(1)
     writer.close(timeout_s=10)
-    assert writer.rows_journaled == put and writer.pending == 0
+    assert writer.rows_journaled == feed.put and writer.pending == 0
 
     good = PositionWriter(sa.create_engine(db_url), journal)
     deadline = time.monotonic() + 30
@@ -59,7 +67,7 @@ def test_refused_spill_keeps_rows_in_memory_and_journals_them_later(db_url, tmp_
         time.sleep(0.05)
     good.close()
     rows = stored_rows(db_url)
-    assert len(rows) == put == len({(r[1], r[0]) for r in rows})
+    assert len(rows) == feed.put == len({(r[1], r[0]) for r in rows})
 
 
 def test_after_an_outage_journaled_rows_are_stored_before_newer_rows_held_in_memory(
@@ -80,29 +88,19 @@ def test_after_an_outage_journaled_rows_are_stored_before_newer_rows_held_in_mem
 
     engine = sa.create_engine("postgresql+psycopg2://", creator=connect)
     writer = PositionWriter(engine, tmp_path / "journal", batch_rows=100, buffer_max_rows=1000)
-    put = 0
-
-    def feed(chunks: int) -> None:
-        nonlocal put
-        for _ in range(chunks):
-            rows, days = _rows(200, t0=1633608001.0 + put)
-            writer.put(rows, 200, days)
-            put += 200
-
+    feed = _Feeder(writer)
     feed(1)
-    deadline = time.monotonic() + 10
-    while not writer.write_errors and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for_a_failed_write(writer)
     feed(9)                                     # the oldest rows spill, the newest stay
     journaled = writer.rows_journaled
     assert journaled > 0 and writer.pending > 0
     up.set()
     writer.close(timeout_s=60)
-    assert writer.rows_written == put and not list((tmp_path / "journal").glob("positions-*"))
+    assert writer.rows_written == feed.put and not list((tmp_path / "journal").glob("positions-*"))
     with sa.create_engine(db_url).connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT extract(epoch FROM time), inserted_at FROM positions ORDER BY time")).all()
-    assert len(rows) == put
+    assert len(rows) == feed.put
     split = 1633608001.0 + journaled            # the journal took the first rows put
     last_old = max(ins for t, ins in rows if float(t) < split)
     first_new = min(ins for t, ins in rows if float(t) >= split)
