@@ -53,12 +53,17 @@ def load(engine: sa.Engine, n: int, end: dt.datetime) -> None:
     start = end - dt.timedelta(days=DAYS)
     t0 = time.perf_counter()
     with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "
+                          "VALUES ('default', 48.88, 2.42, 121) ON CONFLICT DO NOTHING"))
+        c.execute(sa.text("INSERT INTO receivers (id, site) VALUES ('default', 'default') "
+                          "ON CONFLICT DO NOTHING"))
         # A model a day; every 7th was rejected (never active), the newest is active.
         c.execute(sa.text("""
             INSERT INTO models (id, version, created_at, activated_at, data_from, data_to,
                                 n_train, n_val, n_excluded, excluded, epochs, seconds, val_loss,
                                 recall_where, precision_where, recall_shape, precision_shape,
-                                threshold, threshold_method, params, path, sha256, status, reason)
+                                threshold, threshold_method, params, path, sha256, status, reason,
+                                site)
             SELECT k, to_char(:start + k * interval '1 day', 'YYYYMMDD"T0300"'),
                    :start + k * interval '1 day',
                    CASE WHEN k % 7 = 3 THEN NULL ELSE :start + k * interval '1 day' END,
@@ -73,19 +78,22 @@ def load(engine: sa.Engine, n: int, end: dt.datetime) -> None:
                    CASE WHEN k = :days THEN 'active' WHEN k % 7 = 3 THEN 'rejected'
                         ELSE 'retired' END,
                    CASE WHEN k % 7 = 3 THEN 'lit-pixel recall of the where channel 0.4 is '
-                        'below 0.5' ELSE 'out-of-fold loss 0.012 vs active 0.013' END
+                        'below 0.5' ELSE 'out-of-fold loss 0.012 vs active 0.013' END,
+                   'default'
               FROM generate_series(1, :days) k"""), {"start": start, "days": DAYS})
         c.execute(sa.text("SELECT setval('models_id_seq', :d)"), {"d": DAYS})
         # Flights, oldest first (ids follow time, as the worker creates them).
         c.execute(sa.text("""
-            INSERT INTO flights (icao24, callsign, receiver_id, first_seen, last_seen,
+            INSERT INTO flights (icao24, callsign, receiver_id, site, receivers, first_seen,
+                                 last_seen,
                                  n_positions, state, late, closed_at, path_km, straight_km,
                                  tortuosity, turning_deg, max_distance_km, min_altitude,
                                  max_altitude, image, where_lit, shape_lit, shape_side_km,
                                  image_format, score, threshold, flagged, model_id, scored_at)
             SELECT lpad(to_hex(4194304 + (i * 7919) % :aircraft), 6, '0'),
                    'CS' || lpad(((i * 104729) % :callsigns)::text, 4, '0'),
-                   'default', ls - (20 + i % 100) * interval '1 minute', ls,
+                   'default', 'default', '{default}',
+                   ls - (20 + i % 100) * interval '1 minute', ls,
                    150 + i % 2500, 'finished', false, ls, 40 + i % 300, 30 + i % 250,
                    1.1 + (i % 50) / 20.0, 90 + i % 700, 20 + i % 150, i % 3000,
                    3000 + i % 35000, :image, 0.01, 0.02, 60,

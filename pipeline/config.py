@@ -54,6 +54,21 @@ class Settings:
     receiver_lon: float = _setting(2.42, "Receiver longitude, degrees.", minimum=-180, maximum=180)
     receiver_id: str = _setting("default", "Name stored with every position (several receivers "
                                 "can share one database).")
+    site: str | None = _setting(None, "The site this receiver belongs to: the area one model "
+                                "learns, drawn in one fixed frame. Receivers of one site are "
+                                "merged (an aircraft heard by several is one flight). Default: "
+                                "ADSB_RECEIVER_ID, a site of its own.")
+    site_lat: float | None = _setting(None, "Centre of the site's fixed 'where' frame, latitude "
+                                      "(default: this receiver's). Set it, with ADSB_SITE_LON, "
+                                      "on every receiver of a site of several.",
+                                      minimum=-90, maximum=90)
+    site_lon: float | None = _setting(None, "Centre of the site's fixed frame, longitude "
+                                      "(default: this receiver's).", minimum=-180, maximum=180)
+    merge_tolerance_s: float = _setting(2.0, "Receivers of one site that hear the same "
+                                        "transmission store a copy each; the flight uses it "
+                                        "once: same aircraft, same position, times within this "
+                                        "many seconds (how far the receivers' clocks may "
+                                        "disagree).", minimum=0, maximum=60)
     receiver_timeout_s: float = _setting(60.0, "No byte from the receiver for this long: the "
                                          "link is treated as dead and reconnected.", minimum=0.1)
     receiver_clock: str = _setting("wall", "Time stamp of live messages: 'wall' = receive time; "
@@ -146,6 +161,17 @@ class Settings:
         return {"beast": 30005, "avr": 30002, "sbs": 30003}[self.receiver_format]
 
     @property
+    def site_id(self) -> str:
+        return self.site or self.receiver_id
+
+    @property
+    def site_centre(self) -> tuple[float, float]:
+        """Centre of this receiver's site frame as its settings say (the stored one wins,
+        see pipeline/db/sites.py)."""
+        return (self.site_lat if self.site_lat is not None else self.receiver_lat,
+                self.site_lon if self.site_lon is not None else self.receiver_lon)
+
+    @property
     def models_path(self) -> Path:
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
@@ -213,6 +239,9 @@ def load(environ: Mapping[str, str] | None = None,
     if settings.web_token_file and not Path(settings.web_token_file).is_file():
         raise ConfigError(env_name("web_token_file"), settings.web_token_file,
                           "file does not exist")
+    if (settings.site_lat is None) != (settings.site_lon is None):
+        name = "site_lon" if settings.site_lon is None else "site_lat"
+        raise ConfigError(env_name(name), None, "ADSB_SITE_LAT and ADSB_SITE_LON go together")
     if settings.train_min_flights > settings.train_max_flights:
         raise ConfigError(env_name("train_min_flights"), settings.train_min_flights,
                           "must not exceed ADSB_TRAIN_MAX_FLIGHTS")

@@ -109,7 +109,7 @@ class Worker:
 
     # ---- jobs --------------------------------------------------------------------------------
     def close_flights(self, final: bool = False, wait: bool = False) -> store.PassResult:
-        return store.process_flights(self.engine, self.settings, final=final, wait=wait)
+        return store.process_all(self.engine, self.settings, final=final, wait=wait)
 
     def score(self) -> int | None:
         try:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import Settings
-from pipeline.db import migrate
+from pipeline.db import migrate, sites
 from pipeline.db.engine import make_engine
 from pipeline.metrics import DatabaseCollector, IngestCollector, MetricsServer
 from pipeline.status import INGEST_STATE_KEY
@@ -155,6 +155,13 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
 
     engine = make_engine(settings)
     migrate.upgrade(engine)
+    try:
+        # This receiver and its site, before any of its positions needs them.
+        sites.register_engine(engine, settings)
+    except sites.SiteConflict as exc:
+        log.error("%s", exc)
+        engine.dispose()
+        return 2
     holder = IngestHolder() if ingest else None
     threads: list[threading.Thread] = []
     if holder is not None:

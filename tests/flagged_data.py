@@ -92,9 +92,15 @@ def insert(engine: sa.Engine, flights: list[Flight] | None = None,
     flights = traffic() if flights is None else flights
     now = now or dt.datetime.now(dt.timezone.utc)
     with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO sites (id, latitude, longitude, range_km) VALUES ('default', :lat, :lon, "
+            ":r) ON CONFLICT DO NOTHING"), {"lat": PARIS_LAT, "lon": PARIS_LON, "r": PARIS_RANGE_KM})
+        c.execute(sa.text("INSERT INTO receivers (id, site) VALUES ('default', 'default') "
+                          "ON CONFLICT DO NOTHING"))
         model_id = c.execute(sa.text(
-            "INSERT INTO models (version, status, threshold, threshold_method, activated_at) "
-            "VALUES ('20261123T0300', 'active', :t, 'quantile 0.99', now()) RETURNING id"),
+            "INSERT INTO models (version, status, threshold, threshold_method, activated_at, site) "
+            "VALUES ('20261123T0300', 'active', :t, 'quantile 0.99', now(), 'default') "
+            "RETURNING id"),
             {"t": THRESHOLD}).scalar()
         for f in flights:
             last = now - f.last_seen_ago
@@ -105,16 +111,17 @@ def insert(engine: sa.Engine, flights: list[Flight] | None = None,
             f.id = c.execute(sa.text(
                 "INSERT INTO flights (icao24, callsign, first_seen, last_seen, n_positions, state,"
                 " closed_at, path_km, image, shape_side_km, score, threshold, flagged, model_id,"
-                " scored_at) VALUES (:icao24, :callsign, :first, :last, :n, 'finished', :last,"
-                " :path, :image, :side, :score, :t, :flagged, :model, now()) RETURNING id"),
+                " scored_at, site, receivers) VALUES (:icao24, :callsign, :first, :last, :n,"
+                " 'finished', :last, :path, :image, :side, :score, :t, :flagged, :model, now(),"
+                " 'default', '{default}') RETURNING id"),
                 {"icao24": f.icao24, "callsign": f.callsign, "first": times[0], "last": last,
                  "n": len(times), "path": 123.456, "image": raster.encode_png(img),
                  "side": side_km, "score": f.score, "t": THRESHOLD, "flagged": f.flagged,
                  "model": model_id}).scalar()
             c.execute(sa.text(
                 "INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged,"
-                " where_score, shape_score, reconstruction) VALUES (:id, :model, :score, :t,"
-                " :flagged, :ws, :ss, :rec)"),
+                " where_score, shape_score, reconstruction, site) VALUES (:id, :model, :score,"
+                " :t, :flagged, :ws, :ss, :rec, 'default')"),
                 {"id": f.id, "model": model_id, "score": f.score, "t": THRESHOLD,
                  "flagged": f.flagged, "ws": f.score / 3, "ss": f.score,
                  "rec": encode_reconstruction(reconstruction_of(img)) if f.flagged else None})

@@ -85,7 +85,8 @@ def flight_row(tr: Track, ref_lat: float, ref_lon: float, range_km: float) -> di
     where_lit, shape_lit = raster.lit_fractions(img)
     alt = tr.alt[np.isfinite(tr.alt)]
     return dict(
-        icao24=tr.icao24, callsign=tr.callsign, receiver_id="default",
+        icao24=tr.icao24, callsign=tr.callsign, receiver_id="default", site="default",
+        receivers=["default"],
         first_seen=_ts(tr.t[0]), last_seen=_ts(tr.t[-1]), n_positions=len(tr.t),
         state="finished", late=False, closed_at=_ts(tr.t[-1]),
         path_km=feat.path_km, straight_km=feat.straight_km, tortuosity=feat.tortuosity,
@@ -94,6 +95,17 @@ def flight_row(tr: Track, ref_lat: float, ref_lon: float, range_km: float) -> di
         max_altitude=int(alt.max()) if alt.size else None,
         image=raster.encode_png(img), where_lit=where_lit, shape_lit=shape_lit,
         shape_side_km=side)
+
+
+def ensure_default_site(conn: sa.Connection, lat: float = 48.88, lon: float = 2.42,
+                        range_km: float = 121.0) -> None:
+    """The site and receiver 'default' (what the worker registers for the default settings)."""
+    conn.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "
+                         "VALUES ('default', :lat, :lon, :r) ON CONFLICT DO NOTHING"),
+                 {"lat": lat, "lon": lon, "r": range_km})
+    conn.execute(sa.text("INSERT INTO receivers (id, site, latitude, longitude) "
+                         "VALUES ('default', 'default', :lat, :lon) ON CONFLICT DO NOTHING"),
+                 {"lat": lat, "lon": lon})
 
 
 def insert_tracks(engine: sa.Engine, tracks: list[Track], ref_lat: float = 48.88,
@@ -106,6 +118,7 @@ def insert_tracks(engine: sa.Engine, tracks: list[Track], ref_lat: float = 48.88
                  inserted_at=dt.datetime.now(dt.timezone.utc))
             for r, tr in zip(rows, tracks)]
     with engine.begin() as conn:
+        ensure_default_site(conn, ref_lat, ref_lon, range_km)
         partitions.ensure(conn, sorted({p["time"].date() for p in last}))
         ids = [conn.execute(flights.insert().values(**r).returning(flights.c.id)).scalar_one()
                for r in rows]

@@ -113,16 +113,17 @@ def _history(engine: sa.Engine, settings) -> None:
     assert store.process_flights(engine, settings, final=True).closed == DAYS * 4
     with engine.begin() as conn:
         model = conn.execute(sa.text(
-            "INSERT INTO models (version, status, threshold) VALUES ('m1', 'active', 1.0) "
+            "INSERT INTO models (version, status, threshold, site) "
+            "VALUES ('m1', 'active', 1.0, 'default') "
             "RETURNING id")).scalar_one()
         conn.execute(sa.text(
             "UPDATE flights SET model_id = :m, score = 0.5, threshold = 1.0, flagged = false, "
             "scored_at = now()"), {"m": model})
         conn.execute(sa.text("""
-            INSERT INTO flights (icao24, receiver_id, first_seen, last_seen, n_positions, state,
-                                 image, image_format, model_id, score, threshold, flagged,
-                                 scored_at)
-            SELECT 'b' || lpad(to_hex(i % 4096), 5, '0'), 'default',
+            INSERT INTO flights (icao24, receiver_id, site, first_seen, last_seen, n_positions,
+                                 state, image, image_format, model_id, score, threshold,
+                                 flagged, scored_at)
+            SELECT 'b' || lpad(to_hex(i % 4096), 5, '0'), 'default', 'default',
                    :first + i * (:span / :n), :first + i * (:span / :n) + interval '20 min',
                    100, 'finished', '\\x89504e47'::bytea, :format, :m, (i % 97) / 50.0, 1.0,
                    i % 97 > 50, now()

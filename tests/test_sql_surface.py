@@ -27,7 +27,7 @@ from pipeline.flights import raster
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 VIEW_COLUMNS = ["flight_id", "icao24", "callsign", "first_seen", "last_seen", "duration",
                 "n_positions", "path_km", "score", "threshold", "score_ratio", "model_version",
-                "scored_at", "channel", "verdict"]
+                "scored_at", "channel", "verdict", "site"]
 
 
 def fenced_blocks(text: str, info: str) -> list[str]:

@@ -107,7 +107,7 @@ def _model(conn, version: str, status: str, activated: dt.datetime | None, **val
                 precision_where=0.22, recall_shape=0.88, precision_shape=0.2,
                 threshold=THRESHOLD, threshold_method="0.99 quantile of the out-of-fold scores",
                 params={"folds": 3, "scored_groups": ["where", "shape", "direction"]},
-                path=f"/models/{version}.keras", sha256="0" * 64)
+                path=f"/models/{version}.keras", sha256="0" * 64, site="default")
     base.update(values)
     model_id = registry.insert_candidate(conn, base)
     if status == "rejected":
@@ -148,6 +148,7 @@ def build_site(engine: sa.Engine) -> Site:
     site_flights: list[SiteFlight] = []
     inserted_at = dt.datetime.now(UTC)
     with engine.begin() as conn:
+        hf.ensure_default_site(conn, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM)
         retired = _model(conn, "20210927T0300", "retired", CLOCK - dt.timedelta(days=10, hours=12))
         rejected = _model(conn, "20211003T0300", "rejected", None, val_loss=0.0301,
                           recall_where=0.412)
@@ -199,7 +200,8 @@ def build_site(engine: sa.Engine) -> Site:
         live = [CLOCK - dt.timedelta(seconds=s) for s in (240, 120, 50, 0)]
         partitions.ensure(conn, {TODAY.date()})
         fid = conn.execute(flights.insert().values(
-            icao24="f0ffff", callsign="LIVE1", receiver_id="default", first_seen=live[0],
+            icao24="f0ffff", callsign="LIVE1", receiver_id="default", site="default",
+            first_seen=live[0],
             last_seen=live[-1], n_positions=4, state="open", late=False)
             .returning(flights.c.id)).scalar_one()
         conn.execute(positions.insert(), [
@@ -477,7 +479,7 @@ def add_plain_flights(engine, n: int, tied: int) -> list[int]:
     for k in range(n):
         last = end - dt.timedelta(minutes=k if k >= tied else 0)
         rows.append(dict(icao24=f"a{k:05x}", callsign=f"TST{k % 7}", receiver_id="default",
-                         first_seen=last - dt.timedelta(minutes=30), last_seen=last,
+                         site="default", first_seen=last - dt.timedelta(minutes=30), last_seen=last,
                          n_positions=100, state="finished", late=False))
     with engine.begin() as c:
         return [c.execute(flights.insert().values(**r).returning(flights.c.id)).scalar_one()

@@ -80,17 +80,19 @@ def drop_before(conn: sa.Connection, cutoff: dt.date) -> list[str]:
     return dropped
 
 
-def days_written_since(conn: sa.Connection, receiver_id: str,
+def days_written_since(conn: sa.Connection, receiver_ids: str | list[str],
                        after: dt.datetime | None) -> list[dt.date]:
-    """UTC days of the positions of ``receiver_id`` inserted after ``after`` (every day with
+    """UTC days of the positions of the receivers inserted after ``after`` (every day with
     positions when None). A superset: a day is listed while any of its rows is that new."""
+    rids = [receiver_ids] if isinstance(receiver_ids, str) else list(receiver_ids)
     if after is None:
-        days = conn.execute(sa.text("SELECT day FROM position_days WHERE receiver_id = :r"),
-                            {"r": receiver_id}).scalars()
+        days = conn.execute(sa.text(
+            "SELECT DISTINCT day FROM position_days WHERE receiver_id = ANY(:r)"),
+            {"r": rids}).scalars()
     else:
         days = conn.execute(sa.text(
-            "SELECT day FROM position_days WHERE receiver_id = :r AND last_inserted_at > :a"),
-            {"r": receiver_id, "a": after}).scalars()
+            "SELECT DISTINCT day FROM position_days WHERE receiver_id = ANY(:r) "
+            "AND last_inserted_at > :a"), {"r": rids, "a": after}).scalars()
     return sorted(days)
 
 

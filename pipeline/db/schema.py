@@ -38,6 +38,24 @@ position_days = sa.Table(
     sa.Column("last_inserted_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+sites = sa.Table(
+    "sites", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("latitude", sa.Float),
+    sa.Column("longitude", sa.Float),
+    sa.Column("range_km", sa.Float),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+)
+
+receivers = sa.Table(
+    "receivers", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("site", sa.Text, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("latitude", sa.Float),
+    sa.Column("longitude", sa.Float),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
 models = sa.Table(
     "models", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
@@ -64,6 +82,7 @@ models = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("activated_at", sa.DateTime(timezone=True)),
+    sa.Column("site", sa.Text, sa.ForeignKey("sites.id")),
 )
 
 flights = sa.Table(
@@ -95,6 +114,8 @@ flights = sa.Table(
     sa.Column("flagged", sa.Boolean),
     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id")),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
+    sa.Column("site", sa.Text, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("receivers", sa.ARRAY(sa.Text)),
 )
 
 flight_scores = sa.Table(
@@ -112,6 +133,7 @@ flight_scores = sa.Table(
     sa.Column("error_col", sa.SmallInteger),
     sa.Column("reconstruction", sa.LargeBinary),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
+    sa.Column("site", sa.Text, sa.ForeignKey("sites.id")),
 )
 
 pipeline_state = sa.Table(

@@ -499,12 +499,18 @@ def command(settings: Settings, args) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    from pipeline.db import migrate
+    from pipeline.db import migrate, sites
     from pipeline.db.engine import make_engine
 
     engine = make_engine(settings)
-    migrate.upgrade(engine)
-    engine.dispose()
+    try:
+        migrate.upgrade(engine)
+        sites.register_engine(engine, settings)    # the worker builds flights per site
+    except sites.SiteConflict as exc:
+        log.error("ingest: %s", exc)
+        return 2
+    finally:
+        engine.dispose()
     if args.live:
         run_live(settings, stop)
         return 0
