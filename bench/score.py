@@ -45,7 +45,7 @@ def main() -> None:
         from train import REFERENCE
 
         with engine.connect() as conn:
-            scorer = score.scorer_for(registry.active(conn))
+            scorer = score.scorer_for(registry.active(conn, settings.site_id))
         fwd = forward_rate(scorer.forward)
         ref = forward_rate(errors.forward(autoencoder.build(REFERENCE)[2]))
         t0 = time.monotonic()

@@ -118,22 +118,22 @@ def load(engine: sa.Engine, n: int, end: dt.datetime) -> None:
     t0 = time.perf_counter()
     with engine.begin() as c:
         c.execute(sa.text("""
-            INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged,
+            INSERT INTO flight_scores (icao24, flight_id, model_id, score, threshold, flagged,
                                        where_score, shape_score, direction_score, channel,
                                        error_row, error_col, reconstruction, scored_at)
-            SELECT id, model_id, score, threshold, flagged, score / 2, score, score / 3,
+            SELECT icao24, id, model_id, score, threshold, flagged, score / 2, score, score / 3,
                    (ARRAY['shape', 'where', 'direction'])[1 + id % 3],
                    CASE WHEN flagged THEN id % 64 END, CASE WHEN flagged THEN id % 61 END,
                    CASE WHEN flagged THEN CAST(:rec AS bytea) END, scored_at
               FROM flights WHERE model_id IS NOT NULL"""), {"rec": rec})
         # Verdicts on a third of the flags, a few judged twice.
         c.execute(sa.text("""
-            INSERT INTO flight_labels (flight_id, verdict, note, author, created_at)
-            SELECT id, CASE WHEN id % 2 = 0 THEN 'anomalous' ELSE 'normal' END, 'seen',
+            INSERT INTO flight_labels (icao24, flight_id, verdict, note, author, created_at)
+            SELECT icao24, id, CASE WHEN id % 2 = 0 THEN 'anomalous' ELSE 'normal' END, 'seen',
                    'ana', last_seen + interval '1 hour'
               FROM flights WHERE flagged AND id % 3 = 0
             UNION ALL
-            SELECT id, 'anomalous', 'second look', 'bob', last_seen + interval '2 hours'
+            SELECT icao24, id, 'anomalous', 'second look', 'bob', last_seen + interval '2 hours'
               FROM flights WHERE flagged AND id % 30 = 0"""))
     print(f"  scores and verdicts in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()

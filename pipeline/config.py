@@ -95,6 +95,10 @@ class Settings:
     worker_tick_s: float = _setting(60.0, "Seconds between the worker's passes that close, "
                                     "rasterize and score flights. Shorter only to replay "
                                     "traffic faster than real time (bench/soak.py).", minimum=1)
+    job_lease_s: float = _setting(60.0, "A running job whose worker has not beaten for this "
+                                  "long (killed, frozen, host gone) is queued again for "
+                                  "another worker; workers beat every sixth of it.",
+                                  minimum=3, maximum=3600)
     retention_interval_s: float = _setting(86400.0, "Seconds between the worker's retention "
                                            "passes (partitions ahead, ADSB_RETENTION_DAYS). "
                                            "Shorter only to replay traffic faster than real "

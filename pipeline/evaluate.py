@@ -56,9 +56,9 @@ class Flights:
 
 
 def load_flights(engine: sa.Engine, since: dt.datetime | None = None,
-                 until: dt.datetime | None = None) -> Flights:
+                 until: dt.datetime | None = None, site: str | None = None) -> Flights:
     """Every finished flight with an image of the current format (that began at or after
-    ``since``; that ended before ``until``)."""
+    ``since``; that ended before ``until``; of ``site``)."""
     from pipeline.flights import raster
     from pipeline.model.data import decode_images
 
@@ -69,7 +69,9 @@ def load_flights(engine: sa.Engine, since: dt.datetime | None = None,
                AND image_format = :format
                AND (CAST(:since AS timestamptz) IS NULL OR first_seen >= :since)
                AND (CAST(:until AS timestamptz) IS NULL OR last_seen < :until)
-             ORDER BY id"""), {"format": raster.FORMAT, "since": since, "until": until}).all()
+               AND (CAST(:site AS text) IS NULL OR site = :site)
+             ORDER BY id"""), {"format": raster.FORMAT, "since": since, "until": until,
+                               "site": site}).all()
     return Flights(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
                    decode_images([bytes(r[2]) for r in rows], raster.NCH),
                    np.array([r[3] for r in rows], float), np.array([r[4] for r in rows], float))
@@ -230,12 +232,12 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
     ``train.fit_candidate`` (benchmarks of one lever at a time)."""
     from pipeline.model import data, errors, train
 
-    window = data.load_window(engine, settings, None, until=train_until)
+    window = data.load_window(engine, settings, None, until=train_until, site=settings.site_id)
     if len(window.ids) < settings.train_min_flights:
         raise RuntimeError(f"only {len(window.ids)} finished flights before {_when(train_until)}; "
                            f"at least {settings.train_min_flights} are needed "
                            f"(ADSB_TRAIN_MIN_FLIGHTS)")
-    f, y = labels.judged(load_flights(engine, since=train_until))
+    f, y = labels.judged(load_flights(engine, since=train_until, site=settings.site_id))
     if not len(f.ids):
         raise RuntimeError(f"no finished flight {'with a verdict ' if labels.flight is not None else ''}"
                            f"began at or after {_when(train_until)}: nothing to judge")
@@ -266,31 +268,33 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
 
 def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
              model_id: int | None = None, flights: Flights | None = None,
-             since: dt.datetime | None = None) -> Report:
-    """The active (or given) model judged on every finished flight, the baselines fitted on
-    them all; with ``since``, only flights that began at or after it are judged and the
-    baselines are fitted on the flights that ended before it (a registered model judged on a
-    later period than its training window)."""
+             since: dt.datetime | None = None, site: str = "default") -> Report:
+    """The active model of ``site`` (or the given model, of its own site) judged on every
+    finished flight of the site, the baselines fitted on them all; with ``since``, only flights
+    that began at or after it are judged and the baselines are fitted on the flights that ended
+    before it (a registered model judged on a later period than its training window)."""
     from pipeline.model import errors, registry
 
     if isinstance(labels, dict):
         labels = Labels(labels, {})
-    every = flights or load_flights(engine, since=since)
+    with engine.connect() as conn:
+        row = registry.get(conn, model_id) if model_id else registry.active(conn, site)
+    if row is None:
+        raise RuntimeError(f"site {site} has no active model: train one first "
+                           "(adsb-pipeline train)")
+    site = row.site or site
+    every = flights or load_flights(engine, since=since, site=site)
     f, y = labels.judged(every)
     if not len(f.ids):
         raise RuntimeError("no finished flight has a verdict: nothing to judge"
                            if labels.flight is not None else "no finished flight to judge")
-    with engine.connect() as conn:
-        row = registry.get(conn, model_id) if model_id else registry.active(conn)
-    if row is None:
-        raise RuntimeError("no active model: train one first (adsb-pipeline train)")
     model = registry.load_model(row)
     errs = errors.errors_of(model, f.images, row.params.get("loss", errors.DEFAULT_LOSS),
                             row.params.get("pos_weight", errors.POS_WEIGHT))
     norm = errors.Normaliser.from_json(row.params["normaliser"])
     ch = norm.channels(errors.group_errors(errs))
     model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
-    fit_images = every.images if since is None else load_flights(engine, until=since).images
+    fit_images = every.images if since is None else load_flights(engine, until=since, site=site).images
     columns = {**model_cols, **_baseline_columns(fit_images, f)}
     return Report(_rows(columns, y, row.threshold, tuple(model_cols)), columns, y, f, row.version,
                   row.threshold, by_kind=_by_kind(columns, y, labels.kinds_of(f.icao24)),
@@ -368,7 +372,7 @@ def command(settings: Settings, args) -> int:
                 until = until.replace(tzinfo=dt.timezone.utc)
             report = evaluate_split(engine, settings, labels, until, seed=args.seed)
         else:
-            report = evaluate(engine, labels)
+            report = evaluate(engine, labels, site=settings.site_id)
     except RuntimeError as e:
         log.error("%s", e)
         return 1

@@ -61,8 +61,9 @@ class DatabaseCollector:
                     "SELECT job, coalesce(last_seconds, 0), runs, failures, "
                     "coalesce(last_ok, true) FROM job_runs")).all()
                 active = c.execute(sa.text(
-                    "SELECT id, extract(epoch FROM now() - created_at) FROM models "
-                    "WHERE status = 'active'")).first()
+                    "SELECT s.id, m.id, extract(epoch FROM now() - m.created_at) FROM sites s "
+                    "LEFT JOIN models m ON m.site = s.id AND m.status = 'active' "
+                    "WHERE s.latitude IS NOT NULL ORDER BY s.id")).all()
                 flags_hour = c.execute(sa.text(
                     "SELECT count(*) FROM flights WHERE flagged AND scored_at > now() - interval '1 hour'"
                 )).scalar()
@@ -89,11 +90,14 @@ class DatabaseCollector:
             fails.add_metric([job], float(nfail))
             ok.add_metric([job], 1.0 if last_ok else 0.0)
         yield from (dur, runs, fails, ok)
-        m = GaugeMetricFamily("adsb_active_model_id", "id of the active model (0: none)")
-        m.add_metric([], float(active[0]) if active else 0.0)
+        m = GaugeMetricFamily("adsb_active_model_id", "id of the site's active model (0: none)",
+                              labels=["site"])
+        age = GaugeMetricFamily("adsb_active_model_age_seconds",
+                                "age of the site's active model", labels=["site"])
+        for site, model_id, seconds in active:
+            m.add_metric([site], float(model_id or 0))
+            age.add_metric([site], float(seconds or 0))
         yield m
-        age = GaugeMetricFamily("adsb_active_model_age_seconds", "age of the active model")
-        age.add_metric([], float(active[1]) if active else 0.0)
         yield age
         f = GaugeMetricFamily("adsb_flags_last_hour", "flights flagged in the last hour")
         f.add_metric([], float(flags_hour or 0))

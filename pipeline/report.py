@@ -82,6 +82,7 @@ class FlaggedFlight:
     error_col: int | None
     image: bytes | None
     reconstruction: bytes | None
+    site: str | None = None
 
 
 def parse_since(text: str) -> dt.timedelta:
@@ -103,7 +104,8 @@ def fetch(conn: sa.Connection, since: dt.timedelta, top: int,
                   s.c.direction_score, s.c.channel, s.c.error_row, s.c.error_col, f.c.image,
                   s.c.reconstruction)
         .join(f, f.c.id == v.c.flight_id)
-        .outerjoin(s, sa.and_(s.c.flight_id == f.c.id, s.c.model_id == f.c.model_id))
+        .outerjoin(s, sa.and_(s.c.icao24 == f.c.icao24, s.c.flight_id == f.c.id,
+                              s.c.model_id == f.c.model_id))
         .where(v.c.last_seen > clock - since, v.c.last_seen <= clock)
         .order_by(f.c.score.desc(), v.c.flight_id)
         .limit(top))
@@ -300,15 +302,16 @@ def _section(rank: int, fl: FlaggedFlight, picture: str | None, problem: str | N
                            f"{_num(fl.direction_score)}, shape {_num(fl.shape_score)}"),
         ("seen", f"{_t(fl.first_seen)} – {_t(fl.last_seen)} ({fl.duration})"),
         ("positions", f"{fl.n_positions}, path {_num(fl.path_km)} km"),
-        ("model", _num(fl.model_version)),
+        ("model", f"{_num(fl.model_version)} (site {fl.site})"),
         ("flight id", str(fl.flight_id)),
     ]
     rows = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     body = (f'<img src="{e(picture)}" alt="{e(f"track images of flight {fl.flight_id}")}" '
             f'width="{size[0]}" height="{size[1]}">' if picture else "")
     warn = f'<p class="warn">{e(problem)}</p>' if problem else ""
-    sql = (f"SELECT p.* FROM positions p JOIN flights f ON p.icao24 = f.icao24 AND p.time "
-           f"BETWEEN f.first_seen AND f.last_seen WHERE f.id = {fl.flight_id} ORDER BY p.time;")
+    sql = (f"SELECT p.* FROM positions p JOIN flights f ON p.icao24 = f.icao24 AND "
+           f"p.receiver_id = ANY(f.receivers) AND p.time BETWEEN f.first_seen AND f.last_seen "
+           f"WHERE f.id = {fl.flight_id} ORDER BY p.time;")
     return (f'<section id="flight-{fl.flight_id}">\n<h2>{rank}. {e(name)} '
             f"<small>{e(fl.icao24)}</small></h2>\n<table>\n{rows}\n</table>\n{warn}{body}\n"
             f"<p>Positions: <code>{e(sql)}</code></p>\n</section>")

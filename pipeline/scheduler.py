@@ -1,29 +1,42 @@
-"""The worker: APScheduler 3 jobs that close and rasterize flights, score, train and drop old data.
+"""The worker: APScheduler 3 ticks that queue work, and consumers that run queued jobs.
 
-Jobs, all with ``coalesce=True`` and ``max_instances=1``:
+The work of every site (:mod:`pipeline.db.sites`) is a job in the PostgreSQL queue
+(:mod:`pipeline.db.jobs`), so any number of worker processes, on any number of machines sharing
+the database, share it without double work, and a worker killed mid-job leaves its job to
+another:
 
-* ``flights``   every ADSB_WORKER_TICK_S (a minute): place new positions, close finished
-  flights, draw their images;
-* ``score``     every ADSB_WORKER_TICK_S: score finished flights with the active model;
-* ``train``     on ADSB_TRAIN_CRON, in a child process (a crash or an out-of-memory kill of
-  TensorFlow cannot take the scheduler down);
-* ``train-when-ready`` every few minutes: train at once when no model is active but enough
-  finished flights exist (a fresh install need not wait for the nightly run);
-* ``retention`` every ADSB_RETENTION_INTERVAL_S (daily): partitions ahead, and dropping positions older than ADSB_RETENTION_DAYS;
+* ``flights`` (per site): place new positions, close finished flights, draw their images;
+* ``score``   (per site): score finished flights with the site's active model;
+* ``train``   (per site): in a child process (a crash or an out-of-memory kill of TensorFlow
+  cannot take the worker down).
+
+Each worker runs two consumers: one for ``flights`` and ``score`` and one for ``train``, so a
+training of an hour never holds up a site's flights. APScheduler jobs (``coalesce=True``,
+``max_instances=1``) are the clock of each worker:
+
+* ``queue``     every ADSB_WORKER_TICK_S (a minute): a ``flights`` and a ``score`` job per site,
+  unless one is pending (every worker ticks; the queue keeps one);
+* ``train``     on ADSB_TRAIN_CRON: a ``train`` job per site;
+* ``train-when-ready`` every few minutes: a ``train`` job for each site with no active model
+  but enough finished flights (a fresh install need not wait for the nightly run);
+* ``jobs``      every ADSB_JOB_LEASE_S / 6 (10 s): this worker's heartbeat on the jobs it runs; jobs of
+  workers that stopped beating go back to the queue; old finished jobs are pruned;
+* ``retention`` every ADSB_RETENTION_INTERVAL_S (daily): partitions ahead, and dropping
+  positions older than ADSB_RETENTION_DAYS;
 * ``alerts``    every ALERT_TICK_S: send due flag alerts (webhook, MQTT) from ``alert_outbox``
   (pipeline.alerts.delivery). Not recorded in ``job_runs`` (it would rewrite it 17,000 times a
   day; the outbox rows are its record) and never raises: a failing pass is logged at most
   every few minutes.
 
-Each run is recorded in ``job_runs``. A failing job (database gone, training crashed) is
-logged and counted; the next tick simply tries again. Every job is safe with two workers on
-one database: the flight pass holds an advisory lock and skips while another worker has it.
+Each run is recorded in ``job_runs`` (by kind) and in ``jobs`` (each job). A failing job
+(database gone, training crashed) is logged and counted; the next tick simply queues it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -42,7 +55,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from pipeline import config
 from pipeline.config import Settings
-from pipeline.db import partitions
+from pipeline.db import jobs, partitions, sites
 from pipeline.db.engine import make_engine
 from pipeline.flights import store
 from pipeline.flights.clock import data_clock
@@ -54,6 +67,9 @@ ALERT_TICK_S = 5            # a new flag's alerts leave within seconds of its sc
 # After an automatic training attempt (failed or rejected), wait this long before the next.
 TRAIN_RETRY = dt.timedelta(hours=1)
 CHILD_GRACE_S = 30          # SIGTERM, then this long, then SIGKILL
+SHORT_KINDS = ["flights", "score"]
+LONG_KINDS = ["train"]
+POLL_S = 1.0                # an idle consumer looks for work this often
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
 
 
@@ -73,6 +89,8 @@ class Worker:
         self.stopping = threading.Event()
         self.runs: dict[str, int] = {}
         self.failures: dict[str, int] = {}
+        self.errors: dict[str, str | None] = {}
+        self.name = jobs.worker_name()
         self._child: subprocess.Popen | None = None
         self._child_lock = threading.Lock()
         self._scorer_missing = False
@@ -92,6 +110,7 @@ class Worker:
             result, ok, error = None, False, f"{type(e).__name__}: {e}"
             self.failures[job] = self.failures.get(job, 0) + 1
             log.error("job %s failed: %s", job, error.splitlines()[0][:500])
+        self.errors[job] = error
         secs = time.perf_counter() - started
         self._record(job, "UPDATE job_runs SET last_finished = now(), last_ok = :ok, "
                           "last_error = :err, last_seconds = :s, "
@@ -107,11 +126,80 @@ class Worker:
             log.warning("job %s: cannot record the run in job_runs: %s", job,
                         str(e).splitlines()[0][:200])
 
+    # ---- the queue ---------------------------------------------------------------------------
+    def execute(self, job: jobs.Job) -> Any:
+        """Run one queued job (recorded in job_runs under its kind)."""
+        if job.kind == "flights":
+            return self._site_pass(job.site)
+        if job.kind == "score":
+            return self.score(job.site)
+        if job.kind == "train":
+            return self.train(job.site)
+        raise JobFailed(f"job {job.id}: unknown kind {job.kind!r}")
+
+    def consume(self, kinds: list[str], stop: threading.Event, poll_s: float = POLL_S) -> None:
+        """Claim and run queued jobs of ``kinds`` until ``stop`` is set."""
+        quiet_until = 0.0
+        while not stop.is_set() and not self.stopping.is_set():
+            try:
+                job = jobs.claim(self.engine, self.name, kinds)
+            except sa.exc.SQLAlchemyError as e:
+                if time.monotonic() > quiet_until:      # one line a minute while it lasts
+                    log.warning("jobs: cannot claim work (%s); retrying",
+                                str(e).splitlines()[0][:200])
+                    quiet_until = time.monotonic() + 60
+                stop.wait(5 * poll_s)
+                continue
+            if job is None:
+                stop.wait(poll_s)
+                continue
+            ok, result = self.run(job.kind, functools.partial(self.execute, job))
+            try:
+                jobs.finish(self.engine, job, self.name, ok=ok, error=self.errors.get(job.kind),
+                            result=_summary(result))
+            except sa.exc.SQLAlchemyError as e:
+                # Left running: the heartbeat stops with this worker or the recovery takes it.
+                log.warning("job %d: cannot record its end (%s)", job.id,
+                            str(e).splitlines()[0][:200])
+
+    def queue_work(self) -> int:
+        """A flights and a score job for every site (none where one is pending)."""
+        names = self._site_names()
+        return (jobs.enqueue_periodic(self.engine, "flights", names)
+                + jobs.enqueue_periodic(self.engine, "score", names))
+
+    def queue_training(self) -> int:
+        return jobs.enqueue_periodic(self.engine, "train", self._site_names())
+
+    def tend_jobs(self) -> None:
+        """This worker's heartbeat; jobs of workers that stopped beating back to the queue;
+        old finished jobs pruned."""
+        jobs.heartbeat(self.engine, self.name)
+        jobs.recover(self.engine, self.settings.job_lease_s)
+        if time.monotonic() > getattr(self, "_next_prune", 0.0):
+            jobs.prune(self.engine)
+            self._next_prune = time.monotonic() + 3600
+
+    def _site_names(self) -> list[str]:
+        sites.register_engine(self.engine, self.settings)
+        with self.engine.connect() as conn:
+            return [s.id for s in sites.framed(conn)]
+
+    def _site_pass(self, site_id: str | None) -> store.PassResult:
+        if site_id is None:
+            return self.close_flights()
+        with self.engine.connect() as conn:
+            site = sites.get(conn, site_id)
+        if site is None:
+            raise JobFailed(f"site {site_id!r} has no frame")
+        return store.process_flights(self.engine, self.settings, site=site, wait=True)
+
     # ---- jobs --------------------------------------------------------------------------------
     def close_flights(self, final: bool = False, wait: bool = False) -> store.PassResult:
+        """A pass of every site at once (``process``; the queue runs one job per site)."""
         return store.process_all(self.engine, self.settings, final=final, wait=wait)
 
-    def score(self) -> int | None:
+    def score(self, site: str | None = None) -> int | None:
         try:
             from pipeline.model.score import score_pending
         except ImportError as e:
@@ -119,7 +207,7 @@ class Worker:
                 log.warning("scoring is not available (%s); skipping it", e)
                 self._scorer_missing = True
             return None
-        return score_pending(self.engine, self.settings)
+        return score_pending(self.engine, self.settings, site=site)
 
     def deliver_alerts(self) -> Any:
         """Send due flag alerts (its own job: a slow endpoint never holds up scoring)."""
@@ -129,22 +217,26 @@ class Worker:
             self._deliverer = Deliverer(self.settings, stopping=self.stopping)
         return self._deliverer.run(self.engine)
 
-    def train(self) -> int | None:
-        """Train in a child process; returns its exit status (0), None when another training
-        runs (here or in another worker), raises if it failed."""
-        with training_lock(self.engine) as held:
+    def train(self, site: str | None = None) -> int | None:
+        """Train the model of ``site`` (default: this worker's own) in a child process; returns
+        its exit status (0), None when another training of the site runs (here or in another
+        worker), raises if it failed."""
+        site = site or self.settings.site_id
+        with training_lock(self.engine, site) as held:
             if not held:
-                log.info("training: another training run is in progress; skipping")
+                log.info("training of site %s: another training run is in progress; skipping",
+                         site)
                 return None
-            return self._train_child()
+            return self._train_child(site)
 
-    def _train_child(self) -> int:
+    def _train_child(self, site: str) -> int:
         env = dict(os.environ)
         env.update(settings_env(self.settings, self.engine))
+        env[config.env_name("site")] = site
         with self._child_lock:
             if self.stopping.is_set():
                 return 0
-            log.info("training: starting %s", " ".join(self.train_command[1:]))
+            log.info("training of site %s: starting %s", site, " ".join(self.train_command[1:]))
             self._child = subprocess.Popen(self.train_command, env=env)
         child = self._child
         deadline = time.monotonic() + 2 * self.settings.train_budget_s + 600
@@ -172,27 +264,33 @@ class Worker:
             path.unlink(missing_ok=True)
             log.warning("training: removed %s, left by the killed training process", path)
 
-    def train_when_ready(self) -> bool:
-        """Train now if no model is active, enough finished flights exist, and no automatic
-        attempt was made within TRAIN_RETRY. Returns whether it trained."""
+    def sites_ready_to_train(self) -> list[str]:
+        """Sites with no active model, enough finished flights with an image, and no training
+        started within TRAIN_RETRY."""
+        self._site_names()
         with self.engine.connect() as conn:
-            active = conn.execute(sa.text(
-                "SELECT count(*) FROM models WHERE status = 'active'")).scalar()
-            if active:
-                return False
-            n = conn.execute(sa.text(
-                "SELECT count(*) FROM flights WHERE state = 'finished' AND image IS NOT NULL"
-            )).scalar_one()
-            recent = conn.execute(sa.text(
-                "SELECT last_started > now() - :r FROM job_runs WHERE job = 'train'"),
-                {"r": TRAIN_RETRY}).scalar()
-        if n < self.settings.train_min_flights or recent:
-            return False
-        log.info("training: no active model and %d finished flights; training now", n)
-        ok, _ = self.run("train", self.train)
-        if not ok:
-            raise JobFailed("training failed (see the train job)")
-        return True
+            rows = conn.execute(sa.text("""
+                SELECT s.id, (SELECT count(*) FROM flights f WHERE f.site = s.id
+                               AND f.state = 'finished' AND f.image IS NOT NULL)
+                  FROM sites s
+                 WHERE s.latitude IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM models m WHERE m.site = s.id
+                                    AND m.status = 'active')
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'train' AND j.site = s.id
+                                    AND (j.state IN ('queued', 'running')
+                                         OR j.started_at > now() - :r))
+                 ORDER BY s.id"""), {"r": TRAIN_RETRY}).all()
+        return [site for site, n in rows if n >= self.settings.train_min_flights]
+
+    def train_when_ready(self) -> list[str]:
+        """Queue a training of each site that is ready (sites_ready_to_train); returns them."""
+        ready = self.sites_ready_to_train()
+        for site in ready:
+            log.info("training of site %s: no active model and enough finished flights; "
+                     "queued", site)
+            with self.engine.begin() as conn:
+                jobs.enqueue(conn, "train", site, dedupe_key=f"train:{site}")
+        return ready
 
     def retention(self) -> list[str]:
         with self.engine.begin() as conn:
@@ -223,10 +321,16 @@ class Worker:
 TRAIN_LOCK = "adsb.train"
 
 
+def train_lock_key(site: str) -> str:
+    return f"{TRAIN_LOCK}:{site}"
+
+
 @contextlib.contextmanager
-def training_lock(engine: sa.Engine) -> Iterator[bool]:
-    """Yields whether this worker may train (no other worker trains); the lock is held until
-    the block ends.
+def training_lock(engine: sa.Engine, site: str) -> Iterator[bool]:
+    """Yields whether this worker may train the site's model (no other worker trains it); the
+    lock is held until the block ends. The queue already runs one training job per site at a
+    time; the lock also covers ``adsb-pipeline train`` started by hand and a job recovered from
+    a worker that froze but still trains.
 
     A session-level advisory lock on a connection of its own in autocommit mode: the fit takes
     minutes to hours, and a transaction carrying the lock would sit "idle in transaction" all
@@ -237,13 +341,13 @@ def training_lock(engine: sa.Engine) -> Iterator[bool]:
     held = False
     try:
         held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:k))"),
-                                 {"k": TRAIN_LOCK}).scalar())
+                                 {"k": train_lock_key(site)}).scalar())
         yield held
     finally:
         try:
             if held:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:k))"),
-                             {"k": TRAIN_LOCK})
+                             {"k": train_lock_key(site)})
         except sa.exc.DBAPIError:
             # The session is gone (and its lock with it); never pool a connection that may
             # still hold the lock.
@@ -264,6 +368,21 @@ def settings_env(settings: Settings, engine: sa.Engine | None = None) -> dict[st
         env[config.env_name("database_url")] = engine.url.render_as_string(hide_password=False)
         env.pop(config.env_name("database_password_file"), None)
     return env
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    """Run a bookkeeping job; a database error is logged, never raised into the scheduler."""
+    try:
+        fn()
+    except sa.exc.SQLAlchemyError as e:
+        log.warning("jobs: %s", str(e).splitlines()[0][:200])
+
+
+def _summary(result: Any) -> Any:
+    """What a job's result says, for ``jobs.result`` (a pass's figures, a count)."""
+    if isinstance(result, store.PassResult):
+        return {k: v for k, v in vars(result).items() if isinstance(v, (int, float, bool))}
+    return result if isinstance(result, (int, float, str, type(None))) else str(result)
 
 
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -291,17 +410,18 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
     def job(name: str, fn: Callable[[], Any]) -> Callable[[], tuple[bool, Any] | None]:
         return lambda: None if worker.stopping.is_set() else worker.run(name, fn)
 
-    sched.add_job(job("flights", worker.close_flights), "interval", seconds=settings.worker_tick_s,
-                  id="flights", name="close and rasterize flights", next_run_time=now)
-    sched.add_job(job("score", worker.score), "interval", seconds=settings.worker_tick_s,
-                  id="score",
-                  name="score finished flights", next_run_time=now + dt.timedelta(seconds=20))
-    sched.add_job(job("train", worker.train), cron_trigger(settings.train_cron),
-                  id="train", name="train a model",
-                  misfire_grace_time=3600)
+    sched.add_job(job("queue", worker.queue_work), "interval", seconds=settings.worker_tick_s,
+                  id="queue", name="queue flights and score jobs of every site",
+                  next_run_time=now)
+    sched.add_job(job("queue-train", worker.queue_training), cron_trigger(settings.train_cron),
+                  id="train", name="queue a training of every site", misfire_grace_time=3600)
     sched.add_job(job("train-when-ready", worker.train_when_ready), "interval",
                   seconds=TRAIN_CHECK_S, id="train-when-ready",
-                  name="train when no model is active", next_run_time=now + dt.timedelta(seconds=40))
+                  name="queue a training of sites without a model",
+                  next_run_time=now + dt.timedelta(seconds=40))
+    sched.add_job(lambda: None if worker.stopping.is_set() else _quietly(worker.tend_jobs),
+                  "interval", seconds=settings.job_lease_s / 6, id="jobs",
+                  name="heartbeat, recover jobs of stopped workers", next_run_time=now)
     sched.add_job(lambda: None if worker.stopping.is_set() else worker.deliver_alerts(),
                   "interval", seconds=ALERT_TICK_S, id="alerts", name="deliver flag alerts",
                   next_run_time=now + dt.timedelta(seconds=ALERT_TICK_S))
@@ -321,13 +441,22 @@ def run_worker(settings: Settings, stop: threading.Event, engine: sa.Engine | No
     worker = worker or Worker(settings, engine)
     sched = build_scheduler(settings, engine, worker=worker)
     sched.start()
-    log.info("worker started: jobs %s", ", ".join(j.id for j in sched.get_jobs()))
+    consumers = [threading.Thread(target=worker.consume, args=(kinds, stop), daemon=True,
+                                  name=f"jobs-{lane}")
+                 for lane, kinds in (("short", SHORT_KINDS), ("long", LONG_KINDS))]
+    for th in consumers:
+        th.start()
+    log.info("worker %s started: schedule %s; consumers of %s and %s", worker.name,
+             ", ".join(j.id for j in sched.get_jobs()), "/".join(SHORT_KINDS),
+             "/".join(LONG_KINDS))
     try:
         stop.wait()
     finally:
         log.info("worker stopping")
         worker.stop()
         sched.shutdown(wait=True)
+        for th in consumers:      # a running flight or score pass is one transaction: let it end
+            th.join(60)
         if own_engine:
             engine.dispose()
         log.info("worker stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -47,13 +48,20 @@ def summary(conn: sa.Connection, settings: Settings) -> list[str]:
     lines.append(f"positions         {hour:,} in the last hour of the data clock")
     counts: dict[str, int] = dict(conn.execute(sa.text("SELECT state, count(*) FROM flights GROUP BY state")).all())
     lines.append(f"flights           {counts.get('open', 0):,} open, {counts.get('finished', 0):,} finished")
-    model = conn.execute(sa.text(
-        "SELECT version, created_at, n_train, threshold FROM models WHERE status = 'active'")).first()
-    if model is None:
-        lines.append("model             none active yet (trains once enough flights are finished)")
-    else:
-        lines.append(f"model             {model.version}, trained {_age(now - model.created_at)} on "
-                     f"{model.n_train} flights, threshold {model.threshold:.4g}")
+    models = conn.execute(sa.text(
+        "SELECT s.id AS site, m.version, m.created_at, m.n_train, m.threshold FROM sites s "
+        "LEFT JOIN models m ON m.site = s.id AND m.status = 'active' "
+        "WHERE s.latitude IS NOT NULL ORDER BY s.id")).all()
+    rows: list[Any] = list(models) or [None]
+    for model in rows:
+        where = f" (site {model.site})" if model is not None and len(models) > 1 else ""
+        if model is None or model.version is None:
+            lines.append(f"model{where:<12} none active yet (trains once enough flights are "
+                         "finished)")
+        else:
+            lines.append(f"model{where:<12} {model.version}, trained "
+                         f"{_age(now - model.created_at)} on {model.n_train} flights, "
+                         f"threshold {model.threshold:.4g}")
     day_start = clock.replace(hour=0, minute=0, second=0, microsecond=0)
     flags = conn.execute(sa.text(
         "SELECT count(*) FILTER (WHERE flagged), count(score) FROM flights WHERE last_seen >= :d"),

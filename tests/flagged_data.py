@@ -120,9 +120,9 @@ def insert(engine: sa.Engine, flights: list[Flight] | None = None,
                  "model": model_id}).scalar()
             c.execute(sa.text(
                 "INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged,"
-                " where_score, shape_score, reconstruction, site) VALUES (:id, :model, :score,"
-                " :t, :flagged, :ws, :ss, :rec, 'default')"),
-                {"id": f.id, "model": model_id, "score": f.score, "t": THRESHOLD,
+                " where_score, shape_score, reconstruction, site, icao24) VALUES (:id, :model,"
+                " :score, :t, :flagged, :ws, :ss, :rec, 'default', :icao24)"),
+                {"id": f.id, "icao24": f.icao24, "model": model_id, "score": f.score, "t": THRESHOLD,
                  "flagged": f.flagged, "ws": f.score / 3, "ss": f.score,
                  "rec": encode_reconstruction(reconstruction_of(img)) if f.flagged else None})
             c.execute(sa.text(

@@ -196,7 +196,7 @@ def activate_copy_of_model(conn) -> None:
     """A second model row on the same file becomes active (the previous one retired): what a
     nightly promotion does, for tests about what is re-scored and re-alerted."""
     conn.execute(sa.text("""
-        INSERT INTO models (version, status, threshold, params, path, sha256)
-        SELECT version || '-b', 'candidate', threshold, params, path, sha256 FROM models"""))
+        INSERT INTO models (version, status, threshold, params, path, sha256, site)
+        SELECT version || '-b', 'candidate', threshold, params, path, sha256, site FROM models"""))
     conn.execute(sa.text("UPDATE models SET status = 'retired' WHERE status = 'active'"))
     conn.execute(sa.text("UPDATE models SET status = 'active' WHERE version LIKE '%-b'"))

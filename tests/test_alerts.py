@@ -192,12 +192,13 @@ def test_new_flags_are_queued_per_sink_and_notified_only_on_commit(db, listener)
     s = settings(alert_webhook_url="http://127.0.0.1:9/hook",
                  alert_mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
                  public_url="https://adsb.example.org/")
-    scorer = score._usable_active(engine)
+    scorer = score._usable_active(engine, "default")
     # One scoring batch, rolled back: no alert may survive a flag that was not committed.
     with engine.connect() as conn, conn.begin() as tx:
         rows = conn.execute(score._PENDING, {"model": scorer.model.id, "since": None,
                                              "limit": 1000, "rescore": False, "started": None,
-                                             "format": scorer.image_format}).all()
+                                             "format": scorer.image_format,
+                                             "site": "default"}).all()
         ids, images, bad = score._decode(rows, scorer.channels)
         score._score_batch(conn, scorer, ids, images, bad, s)
         assert conn.execute(sa.text("SELECT count(*) FROM alert_outbox")).scalar() == \
@@ -266,11 +267,13 @@ def test_a_flight_judged_normal_does_not_alert(db, listener):
     normal, changed_mind, *_ = flagged
     with engine.begin() as conn:
         conn.execute(sa.text("""
-            INSERT INTO flight_labels (flight_id, verdict, author, created_at) VALUES
+            INSERT INTO flight_labels (flight_id, icao24, verdict, author, created_at)
+            SELECT v.f, f.icao24, v.verdict, v.author, v.at FROM (VALUES
               (:a, 'anomalous', 'alice', now() - interval '2 hours'),
               (:a, 'normal', 'bob', now() - interval '1 hour'),
               (:b, 'normal', 'alice', now() - interval '2 hours'),
-              (:b, 'anomalous', 'alice', now() - interval '1 hour')"""),
+              (:b, 'anomalous', 'alice', now() - interval '1 hour')) v(f, verdict, author, at)
+            JOIN flights f ON f.id = v.f"""),
             {"a": normal, "b": changed_mind})
     s = settings(alert_webhook_url="http://127.0.0.1:9/hook")
     score.score_pending(engine, s)

@@ -32,8 +32,9 @@ def judge(engine, flight_id: int, *verdicts: str) -> None:
     with engine.begin() as c:
         for i, verdict in enumerate(verdicts):
             c.execute(sa.text(
-                "INSERT INTO flight_labels (flight_id, verdict, author, created_at) "
-                "VALUES (:f, :v, 'alice', now() - make_interval(hours => :h))"),
+                "INSERT INTO flight_labels (flight_id, icao24, verdict, author, created_at) "
+                "SELECT :f, icao24, :v, 'alice', now() - make_interval(hours => :h) "
+                "FROM flights WHERE id = :f"),
                 {"f": flight_id, "v": verdict, "h": len(verdicts) - i})
 
 
@@ -62,8 +63,9 @@ def judged(databases, tmp_path_factory):
     }
     with engine.begin() as c:
         active = c.execute(sa.text(
-            "INSERT INTO models (version, status, threshold, params, path) "
-            "VALUES ('earlier', 'active', 1.0, '{}', 'absent.keras') RETURNING id")).scalar_one()
+            "INSERT INTO models (version, status, threshold, params, path, site) "
+            "VALUES ('earlier', 'active', 1.0, '{}', 'absent.keras', 'default') "
+            "RETURNING id")).scalar_one()
         c.execute(sa.text("UPDATE flights SET flagged = (id = ANY(:f)), model_id = :m, score = 0, "
                           "threshold = 1"),
                   {"m": active, "f": [case["flagged_normal"], case["flagged_plain"],

@@ -195,12 +195,12 @@ def test_retention_drops_old_positions_and_keeps_flights_images_scores_and_verdi
     with engine.begin() as conn:
         clock = data_clock(conn)
         conn.execute(sa.text(
-            "INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged) "
-            "SELECT id, model_id, score, threshold, flagged FROM flights "
+            "INSERT INTO flight_scores (icao24, flight_id, model_id, score, threshold, flagged) "
+            "SELECT icao24, id, model_id, score, threshold, flagged FROM flights "
             "WHERE icao24 LIKE 'a0000%'"))
         conn.execute(sa.text(
-            "INSERT INTO flight_labels (flight_id, verdict, author) "
-            "SELECT id, 'normal', 'tester' FROM flights WHERE icao24 = 'a00001'"))
+            "INSERT INTO flight_labels (icao24, flight_id, verdict, author) "
+            "SELECT icao24, id, 'normal', 'tester' FROM flights WHERE icao24 = 'a00001'"))
         before = conn.execute(sa.text(
             "SELECT f.id, f.first_seen, f.last_seen, f.n_positions, f.image, f.score, "
             "f.flagged, s.score, l.verdict FROM flights f "

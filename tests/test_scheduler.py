@@ -31,7 +31,7 @@ def child(code: str) -> list[str]:
 def test_every_job_is_coalesced_single_instance_with_the_configured_cron(engine, settings):
     sched = scheduler.build_scheduler(settings.replace(train_cron="15 4 * * 1"), engine)
     jobs = {j.id: j for j in sched.get_jobs()}
-    assert set(jobs) == {"flights", "score", "train", "train-when-ready", "retention", "alerts"}
+    assert set(jobs) == {"queue", "train", "train-when-ready", "jobs", "retention", "alerts"}
     sched.start(paused=True)
     try:
         jobs = {j.id: j for j in sched.get_jobs()}
@@ -101,17 +101,36 @@ def test_stopping_terminates_the_training_child(engine, settings):
     assert out == [(False, None)] and "signal 15" in job_run(engine, "train")["last_error"]
 
 
-def test_train_when_ready_waits_for_enough_flights_and_retries_later(engine, settings, monkeypatch):
+def test_train_when_ready_queues_a_site_with_enough_flights_once(engine, settings, monkeypatch):
     monkeypatch.setattr(store, "COMMIT_MARGIN", dt.timedelta(0))
     settings = settings.replace(train_min_flights=10)
     worker = scheduler.Worker(settings, engine, child("pass"))
     copy_positions(engine, [p for i in range(9) for p in track(f"b{i:05x}", T0, 20)])
     worker.close_flights(final=True)
-    assert worker.train_when_ready() is False and job_run(engine, "train") is None
+    assert worker.train_when_ready() == [] and queued(engine, "train") == []
     copy_positions(engine, [p for i in range(9, 12) for p in track(f"b{i:05x}", T0, 20)])
     worker.close_flights(final=True)
-    assert worker.train_when_ready() is True and job_run(engine, "train")["last_ok"]
-    assert worker.train_when_ready() is False          # tried within the last hour
+    assert worker.train_when_ready() == ["default"] and queued(engine, "train") == ["default"]
+    assert worker.train_when_ready() == []              # queued already
+    stop = threading.Event()
+    consumer = threading.Thread(target=worker.consume, args=(scheduler.LONG_KINDS, stop))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (job_run(engine, "train") or {}).get("last_ok"):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        consumer.join(10)
+    assert job_run(engine, "train")["last_ok"] and queued(engine, "train") == []
+    assert worker.train_when_ready() == []              # tried within the last hour
+
+
+def queued(engine, kind: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(
+            "SELECT site FROM jobs WHERE kind = :k AND state IN ('queued', 'running') "
+            "ORDER BY site"), {"k": kind}).scalars())
 
 
 def test_run_worker_runs_jobs_and_stops_when_told(engine, settings, monkeypatch):

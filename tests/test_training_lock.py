@@ -44,7 +44,7 @@ def _lock_holders(engine: sa.Engine) -> list[tuple]:
             "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
             "(SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.objsubid = 1 AND l.objid::bigint = (hashtext(:k)::bigint & 4294967295)"),
-            {"k": scheduler.TRAIN_LOCK})]
+            {"k": scheduler.train_lock_key("default")})]
 
 
 def _idle_in_transaction(engine: sa.Engine) -> list[int]:

@@ -176,7 +176,7 @@ def build_site(engine: sa.Engine) -> Site:
             rec = flagged_data.reconstruction_of(image) if flagged else None
             pixel = _error_pixel(image, rec, channel) if rec is not None and channel else None
             conn.execute(flight_scores.insert().values(
-                flight_id=fid, model_id=model_id, score=score, threshold=THRESHOLD,
+                flight_id=fid, icao24=f.icao24, model_id=model_id, score=score, threshold=THRESHOLD,
                 flagged=flagged, where_score=score if channel == "where" else score / 3,
                 shape_score=score if channel == "shape" else score / 4,
                 direction_score=score / 5, channel=channel,
@@ -188,7 +188,7 @@ def build_site(engine: sa.Engine) -> Site:
                 scored_at=times[-1] + dt.timedelta(minutes=15)))
             for k, verdict in enumerate(verdicts):
                 conn.execute(flight_labels.insert().values(
-                    flight_id=fid, verdict=verdict, author="ana", note=f"look {k}",
+                    flight_id=fid, icao24=f.icao24, verdict=verdict, author="ana", note=f"look {k}",
                     created_at=CLOCK - dt.timedelta(minutes=30 - k)))
             site_flights.append(SiteFlight(
                 fid, f.icao24, f.callsign, f.kind if f.label else ("false alarm" if verdicts

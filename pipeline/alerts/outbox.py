@@ -63,11 +63,11 @@ def enqueue(conn: sa.Connection, settings: Settings, model_id: int,
     if not flight_ids:
         return []
     bodies = message.bodies(conn, settings, model_id, flight_ids)
-    rows = [{"flight_id": b["flight_id"], "model_id": model_id, "sink": sink, "payload": b}
-            for b in bodies for sink in sinks(settings)]
+    rows = [{"flight_id": b["flight_id"], "icao24": b["icao24"], "model_id": model_id,
+             "sink": sink, "payload": b} for b in bodies for sink in sinks(settings)]
     if rows:
         conn.execute(insert(alert_outbox).on_conflict_do_nothing(
-            index_elements=["flight_id", "model_id", "sink"]), rows)
+            index_elements=["icao24", "flight_id", "model_id", "sink"]), rows)
     if settings.alert_notify_channel:
         conn.execute(_NOTIFY, {"channel": settings.alert_notify_channel,
                                "payloads": [message.encode(b).decode() for b in bodies]})

@@ -87,8 +87,8 @@ models = sa.Table(
 
 flights = sa.Table(
     "flights", metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True),
-    sa.Column("icao24", sa.Text, nullable=False),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("icao24", sa.Text, primary_key=True),
     sa.Column("callsign", sa.Text),
     sa.Column("receiver_id", sa.Text, nullable=False),
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
@@ -134,6 +134,7 @@ flight_scores = sa.Table(
     sa.Column("reconstruction", sa.LargeBinary),
     sa.Column("scored_at", sa.DateTime(timezone=True)),
     sa.Column("site", sa.Text, sa.ForeignKey("sites.id")),
+    sa.Column("icao24", sa.Text, primary_key=True),
 )
 
 pipeline_state = sa.Table(
@@ -157,8 +158,9 @@ job_runs = sa.Table(
 
 flight_labels = sa.Table(
     "flight_labels", metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
     sa.Column("flight_id", sa.BigInteger, sa.ForeignKey("flights.id"), nullable=False),
+    sa.Column("icao24", sa.Text, primary_key=True),
     sa.Column("verdict", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("author", sa.Text, nullable=False),
@@ -168,8 +170,9 @@ flight_labels = sa.Table(
 
 alert_outbox = sa.Table(
     "alert_outbox", metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
     sa.Column("flight_id", sa.BigInteger, sa.ForeignKey("flights.id"), nullable=False),
+    sa.Column("icao24", sa.Text, primary_key=True),
     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
     sa.Column("sink", sa.Text, nullable=False),
     sa.Column("payload", JSONB, nullable=False),
@@ -202,6 +205,7 @@ flagged_flights = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True)),
     sa.Column("channel", sa.Text),
     sa.Column("verdict", sa.Text),
+    sa.Column("site", sa.Text),
 )
 
 flight_verdicts = sa.Table(

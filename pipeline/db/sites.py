@@ -27,6 +27,9 @@ from pipeline.config import Settings
 log = logging.getLogger(__name__)
 
 
+_warned: set[str] = set()
+
+
 class SiteConflict(RuntimeError):
     """A receiver's settings ask for a site frame other than the one stored."""
 
@@ -114,7 +117,8 @@ def framed(conn: sa.Connection) -> list[Site]:
     until a process with one of its receivers' settings starts; its flights wait (logged)."""
     waiting = conn.execute(sa.text(
         "SELECT id FROM sites WHERE latitude IS NULL ORDER BY id")).scalars().all()
-    if waiting:
+    if waiting and set(waiting) - _warned:
+        _warned.update(waiting)         # once per process, not every minute
         log.warning("sites %s have no frame yet: their flights wait until an ingest or worker "
                     "with ADSB_RECEIVER_ID of one of their receivers starts", ", ".join(waiting))
     return [Site(r[0], r[1], r[2], r[3], tuple(r[4]))

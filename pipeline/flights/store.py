@@ -50,12 +50,15 @@ log = logging.getLogger(__name__)
 # pass reads (and moves the watermark) only up to now() - margin; --final reads everything.
 COMMIT_MARGIN = dt.timedelta(seconds=60)
 
-# Documented for SQL users: the positions of finished flight :id, from every receiver that heard
-# it (a transmission heard by two receivers is two rows, one per receiver).
+# Documented for SQL users: the positions of flight :id, from every receiver that heard it (a
+# transmission heard by two receivers is two rows, one per receiver); an open flight's
+# receivers are not known yet, so those of its site.
 FLIGHT_POSITIONS_SQL = """\
 SELECT p.*
 FROM flights f
-JOIN positions p ON p.icao24 = f.icao24 AND p.receiver_id = ANY(f.receivers)
+JOIN positions p ON p.icao24 = f.icao24
+                AND p.receiver_id = ANY(coalesce(f.receivers, ARRAY(
+                        SELECT r.id FROM receivers r WHERE r.site = f.site)))
                 AND p.time BETWEEN f.first_seen AND f.last_seen
 WHERE f.id = :id AND NOT p.on_ground
 ORDER BY p.time"""

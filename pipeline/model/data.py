@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, Sequence, Union
 
 import numpy as np
 import sqlalchemy as sa
@@ -15,18 +16,117 @@ from pipeline.flights.clock import data_clock
 from pipeline.flights.raster import decode_pngs
 
 
+class PackedImages:
+    """(n, 64, 64, C) uint8 0/1 images held as bits: each flight's pixels packed with
+    np.packbits, 5 KB a flight of 10 channels instead of 40 KB (20,000 flights: 100 MB instead
+    of 800 MB, measured in docs/model.md "Memory").
+
+    Read like the array it replaces: ``shape``, ``len()``, and ``images[key]`` for an int, a
+    slice, a boolean mask or an index array, which unpacks those flights into a new uint8 array
+    (never a view of a shared buffer, so what a caller holds is never overwritten)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, bits: np.ndarray, pixel_shape: tuple[int, ...]) -> None:
+        self.pixel_shape = tuple(int(v) for v in pixel_shape)
+        self._size = int(np.prod(self.pixel_shape))
+        assert bits.ndim == 2 and bits.dtype == np.uint8 and \
+            bits.shape[1] == (self._size + 7) // 8, (bits.shape, self.pixel_shape)
+        self.bits = bits
+
+    @classmethod
+    def pack(cls, images: np.ndarray) -> "PackedImages":
+        """Bits of 0/1 images (any nonzero pixel is lit)."""
+        images = np.asarray(images)
+        return cls(np.packbits(images.reshape(len(images), -1) != 0, axis=1), images.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.bits), *self.pixel_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            # images[..., c] would index the bytes, not the pixels: unpack flights first.
+            raise TypeError("PackedImages are indexed by flight only: images[rows][..., c]")
+        rows = self.bits[key]
+        if rows.ndim == 1:                                # one flight
+            return np.unpackbits(rows, count=self._size).reshape(self.pixel_shape)
+        out = np.unpackbits(rows, axis=1, count=self._size)
+        return out.reshape(len(rows), *self.pixel_shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class Subset:
+    """Flights ``rows`` of an image source (an array, PackedImages or another Subset), read like
+    an array of those flights without copying them: folds and the kept flights of a window are
+    index arrays, and only the batch being read is unpacked."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, source: "Images", rows: np.ndarray) -> None:
+        picked = np.asarray(rows)
+        if picked.dtype == bool:
+            picked = np.flatnonzero(picked)
+        if isinstance(source, Subset):                    # one level: rows of the real source
+            picked, source = source.rows[picked], source.source
+        self.source: Images = source
+        self.rows: np.ndarray = picked.astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.source.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            raise TypeError("a Subset is indexed by flight only: images[rows][..., c]")
+        return np.asarray(self.source[self.rows[key]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+# What training and scoring read images from: a uint8 array or one of the two views above.
+Images = Union[np.ndarray, PackedImages, Subset]
+
+
+def lit_pixels(images: Images) -> np.ndarray:
+    """Lit pixels (all channels) of each flight, without unpacking the whole set at once."""
+    if isinstance(images, PackedImages):
+        return np.bitwise_count(images.bits).sum(axis=1, dtype=np.int64)
+    if isinstance(images, Subset):
+        return lit_pixels(images.source)[images.rows]
+    return np.asarray(images).reshape(len(images), -1).sum(axis=1, dtype=np.int64)
+
+
 @dataclass
 class Window:
-    """Flights of one training window: ids, aircraft, images (n, 64, 64, C) uint8 of the
-    current image format, the flights the active model flagged and their tortuosity (both used
-    to leave flights out of training, see train.py), when each began, and the user's newest
-    verdict on each ('normal', 'anomalous', '' for none; it overrules both, see train.screen)."""
+    """Flights of one training window: ids, aircraft, images (n, 64, 64, C) 0/1 of the current
+    image format (held as bits: :class:`PackedImages`, indexed like an array), the flights the
+    active model flagged and their tortuosity (both used to leave flights out of training, see
+    train.py), when each began, and the user's newest verdict on each ('normal', 'anomalous',
+    '' for none; it overrules both, see train.screen)."""
 
     start: dt.datetime
     end: dt.datetime
     ids: np.ndarray
     icao24: list[str]
-    images: np.ndarray
+    images: PackedImages
     flagged: np.ndarray
     tortuosity: np.ndarray
     first_seen: np.ndarray          # datetime64[us] UTC
@@ -42,9 +142,21 @@ def decode_images(blobs: list[bytes], channels: int | None = None) -> np.ndarray
     return decode_pngs(blobs, channels)
 
 
+def pack_pngs(blobs: Sequence[bytes], channels: int, chunk: int = 1024) -> PackedImages:
+    """Stored PNGs decoded straight into bits, ``chunk`` at a time: the whole window is never
+    held unpacked (40 KB a flight), only one chunk of it."""
+    size = raster.SIZE * raster.SIZE * channels
+    bits = np.empty((len(blobs), (size + 7) // 8), dtype=np.uint8)
+    for lo in range(0, len(blobs), chunk):
+        part = decode_pngs(list(blobs[lo:lo + chunk]), channels)
+        bits[lo:lo + len(part)] = np.packbits(part.reshape(len(part), -1), axis=1)
+    return PackedImages(bits, (raster.SIZE, raster.SIZE, channels))
+
+
 def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | None = None,
-                until: dt.datetime | None = None) -> Window:
-    """The newest ADSB_TRAIN_MAX_FLIGHTS finished flights of the last ADSB_TRAIN_DAYS of the
+                until: dt.datetime | None = None, site: str | None = None) -> Window:
+    """The newest ADSB_TRAIN_MAX_FLIGHTS finished flights of a site (default: the site of
+    the settings' receiver, ``settings.site_id``) of the last ADSB_TRAIN_DAYS of the
     data clock (a replay of an old capture trains on that capture), images of the current
     format only. ``until`` ends the window earlier (evaluation on a later period): only flights
     that ended before it. Flights the user judged normal are taken first, so a busy site's
@@ -56,17 +168,24 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
             SELECT f.id, f.icao24, f.image, coalesce(f.flagged AND f.model_id = :active, false),
                    coalesce(f.tortuosity, 1), f.first_seen, coalesce(v.verdict, '')
               FROM flights f
-              LEFT JOIN flight_verdicts v ON v.flight_id = f.id
+              LEFT JOIN flight_verdicts v ON v.icao24 = f.icao24 AND v.flight_id = f.id
              WHERE f.state = 'finished' AND f.image IS NOT NULL AND f.image_format = :format
+               AND f.site = :site
                AND f.last_seen > :start AND f.last_seen <= :end
                AND (CAST(:until AS timestamptz) IS NULL OR f.last_seen < :until)
              ORDER BY v.verdict IS NOT DISTINCT FROM 'normal' DESC, f.last_seen DESC, f.id DESC
              LIMIT :limit"""), {"start": start, "end": end, "limit": settings.train_max_flights,
                                 "active": active_model_id or -1, "format": raster.FORMAT,
-                                "until": until}).all()
+                                "until": until, "site": site or settings.site_id}).all()
+    return window_from_rows(start, end, rows)
+
+
+def window_from_rows(start: dt.datetime, end: dt.datetime, rows: Sequence[Any]) -> Window:
+    """The Window of the query's rows (id, icao24, image PNG, flagged, tortuosity, first_seen,
+    verdict); bench/memory.py builds its windows here too."""
     rows = sorted(rows, key=lambda r: r[0])   # a stable order: the folds depend on the seed
     return Window(start, end, np.array([r[0] for r in rows], dtype=np.int64),
-                  [r[1] for r in rows], decode_images([r[2] for r in rows], raster.NCH),
+                  [r[1] for r in rows], pack_pngs([r[2] for r in rows], raster.NCH),
                   np.array([bool(r[3]) for r in rows], dtype=bool),
                   np.array([r[4] for r in rows], dtype=np.float64),
                   np.array([r[5].replace(tzinfo=None) for r in rows], dtype="datetime64[us]"),
@@ -98,10 +217,17 @@ def folds(n: int, k: int, rng: np.random.Generator,
     return out
 
 
-def dataset(images: np.ndarray, batch: int, shuffle_seed: int | None,
+def dataset(images: Images, batch: int, shuffle_seed: int | None,
             augment: bool = False) -> tf.data.Dataset:
-    """(x, x) batches. Built from arrays: each batch is its own tensor (no shared buffer that a
-    generator could overwrite).
+    """(x, x) batches of float32 images. Only flight *indices* go through tf.data (8 bytes a
+    flight; shuffled with the seed, so the order is the one the whole images shuffled with it
+    had); each batch is gathered from ``images`` when it is due (unpacked when the window is
+    held as bits, see :class:`PackedImages`) and cast to float32 then. Measured (docs/model.md,
+    "Memory"): the cached float32 copy of the training set, the copy ``from_tensor_slices``
+    made of it and the slices of each fold took ~0.39 MB a flight; this takes none.
+
+    Each batch is a new array (a fancy-indexed gather, then a new tensor): never a buffer reused
+    from batch to batch, which tf.data may still hold (prefetch) when the next one is written.
 
     ``augment`` (training only) changes each image in ways that keep its meaning: the fixed
     frame (where and direction channels) moves by at most one pixel (~4 km at 121 km range:
@@ -109,14 +235,34 @@ def dataset(images: np.ndarray, batch: int, shuffle_seed: int | None,
     shape channel is turned by a multiple of 90 degrees or mirrored (a track's orientation in
     its own frame says nothing the direction channels do not; an orbit is an orbit whichever
     way it is drawn)."""
-    assert images.ndim == 4 and images.shape[1:3] == (64, 64), images.shape
-    ds = tf.data.Dataset.from_tensor_slices(images).map(lambda x: tf.cast(x, tf.float32))
-    ds = ds.cache()
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    shape = tuple(images.shape)
+    assert len(shape) == 4 and shape[1:3] == (64, 64), shape
+    ds = index_batches(len(images), batch, shuffle_seed)
+
+    def gather(idx: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(images[idx], dtype=np.uint8)
+
+    def load(idx: tf.Tensor) -> tf.Tensor:
+        x = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
+        x.set_shape((None, *shape[1:]))
+        return tf.cast(x, tf.float32)
+
+    ds = ds.map(load)
     if augment:
-        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch).map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+        # Per image, as before the batches were gathered: same random draws, same batches.
+        ds = ds.unbatch().map(_augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+        # unbatch() forgets the number of batches, which Keras shows and uses as steps.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(images) // batch)))
+    return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+
+
+def index_batches(n: int, batch: int, shuffle_seed: int | None) -> tf.data.Dataset:
+    """Batches of flight indices 0..n-1: each index once an epoch, shuffled anew each epoch
+    with the seed (unshuffled without one)."""
+    ds = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(max(n, 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch)
 
 
 def _augment(x: tf.Tensor) -> tf.Tensor:

@@ -20,12 +20,16 @@ raise a flag: an off-corridor transit is unusual in *where*, a flight against th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline.flights import raster
+
+if TYPE_CHECKING:
+    from pipeline.model.data import Images
 
 LOSSES = ("wbce", "focal", "dice")
 DEFAULT_LOSS = "wbce"
@@ -175,36 +179,46 @@ def members(model: keras.Model) -> list[keras.Model]:
 
 
 def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = POS_WEIGHT,
-            channels: int = raster.NCH):
-    """A compiled inference pass: images (n, 64, 64, C) -> (errors (n, C), probabilities).
+            channels: int = raster.NCH, probabilities: bool = True):
+    """A compiled inference pass: images (n, 64, 64, C) -> (errors (n, C), probabilities (n,
+    64, 64, C), or None with ``probabilities=False``).
 
     For an ensemble of fold models the errors are the mean of the members' errors (not the
     error of their mean picture: each member's error of a new flight is distributed like the
     out-of-fold errors the threshold came from, and their mean keeps that centre), and the
-    probabilities the mean of theirs. Members run one after the other, so only one member's
-    logits are in memory. One trace for every batch size; ``training=False`` so that any layer
-    that behaves differently in training cannot change the scores."""
+    probabilities the mean of theirs. Members run one after the other (each waits for the
+    previous one's errors), so only one member's logits and per-pixel errors are in memory:
+    in one graph they would otherwise run side by side. The scorer asks for errors only and
+    for probabilities of flagged flights only: probabilities are 160 KB a flight (float32),
+    ~80 MB a batch of 512 per member. One trace for every batch size; ``training=False`` so
+    that any layer that behaves differently in training cannot change the scores."""
     spec = tf.TensorSpec([None, 64, 64, channels], tf.float32)
     parts = members(model)
 
     @tf.function(input_signature=[spec])
     def run(x):
-        errs, probs = [], []
+        errs: Any = None
+        probs: Any = None
         for m in parts:
-            logits = m(x, training=False)
-            errs.append(channel_errors(x, logits, loss, pos_weight))
-            probs.append(tf.sigmoid(logits))
-        return tf.add_n(errs) / len(parts), tf.add_n(probs) / len(parts)
+            with tf.control_dependencies([] if errs is None else [errs]):
+                logits = m(x, training=False)
+            e = channel_errors(x, logits, loss, pos_weight)
+            errs = e if errs is None else errs + e
+            if probabilities:
+                p = tf.sigmoid(logits)
+                probs = p if probs is None else probs + p
+        n = float(len(parts))
+        return errs / n, (probs / n if probabilities else None)
 
     return run
 
 
-def errors_of(model: keras.Model, images: np.ndarray, loss: str = DEFAULT_LOSS,
+def errors_of(model: keras.Model, images: Images, loss: str = DEFAULT_LOSS,
               pos_weight: float = POS_WEIGHT, batch: int = 256,
               with_probabilities: bool = False):
     """Channel errors (n, C) of uint8 images, batch by batch; optionally the probabilities."""
     c = images.shape[-1]
-    run = forward(model, loss, pos_weight, c)
+    run = forward(model, loss, pos_weight, c, probabilities=with_probabilities)
     errs, probs = [], []
     for start in range(0, len(images), batch):
         e, p = run(tf.convert_to_tensor(images[start:start + batch], tf.float32))

@@ -32,6 +32,7 @@ class ModelRow:
     params: dict[str, Any]
     status: str
     data_to: dt.datetime | None = None     # end of the window it was trained on
+    site: str | None = None                # the site it was trained on and scores
 
 
 def sha256_of(path: Path) -> str:
@@ -82,12 +83,21 @@ def load_model(row: ModelRow):
 
 def _row(r) -> ModelRow:
     return ModelRow(r.id, r.version, r.path, r.sha256, float(r.threshold), dict(r.params or {}),
-                    r.status, r.data_to)
+                    r.status, r.data_to, r.site)
 
 
-def active(conn: sa.Connection) -> ModelRow | None:
-    r = conn.execute(sa.select(models).where(models.c.status == "active")).first()
+def active(conn: sa.Connection, site: str) -> ModelRow | None:
+    """The site's active model (each site has its own, or none yet)."""
+    r = conn.execute(sa.select(models).where(models.c.status == "active",
+                                             models.c.site == site)).first()
     return _row(r) if r else None
+
+
+def active_sites(conn: sa.Connection) -> list[str]:
+    """Sites with an active model."""
+    return list(conn.execute(sa.select(models.c.site).where(
+        models.c.status == "active", models.c.site.is_not(None)).order_by(models.c.site)
+    ).scalars())
 
 
 def get(conn: sa.Connection, model_id: int) -> ModelRow:
@@ -117,10 +127,13 @@ def mark_failed(engine: sa.Engine, model_id: int, reason: str) -> None:
 
 
 def activate(conn: sa.Connection, model_id: int, reason: str) -> None:
-    """Retire the active model and activate this one, in the caller's transaction (the unique
-    partial index guarantees a single active model even with concurrent trainers)."""
+    """Retire the active model of this one's site and activate this one, in the caller's
+    transaction (the unique partial index guarantees a single active model per site even with
+    concurrent trainers)."""
     conn.execute(sa.text("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE"))
-    conn.execute(models.update().where(models.c.status == "active")
+    site = conn.execute(sa.select(models.c.site).where(models.c.id == model_id)).scalar()
+    conn.execute(models.update().where(models.c.status == "active",
+                                       models.c.site.is_not_distinct_from(site))
                  .values(status="retired"))
     conn.execute(models.update().where(models.c.id == model_id).values(
         status="active", reason=reason, activated_at=sa.func.now()))
@@ -131,8 +144,9 @@ def reactivate_previous(engine: sa.Engine, failed: ModelRow) -> bool:
     """After ``failed`` became unusable: activate the newest retired model whose file still
     checks out. Returns whether one was found."""
     with engine.begin() as conn:
-        rows = conn.execute(sa.select(models).where(models.c.status == "retired")
-                            .order_by(models.c.activated_at.desc().nulls_last())).all()
+        rows = conn.execute(sa.select(models).where(
+            models.c.status == "retired", models.c.site.is_not_distinct_from(failed.site))
+            .order_by(models.c.activated_at.desc().nulls_last())).all()
         for r in rows:
             row = _row(r)
             try:

@@ -40,7 +40,11 @@ from pipeline.model import registry
 
 log = logging.getLogger(__name__)
 
-BATCH = 512                    # 10-channel images: probabilities of a batch are ~80 MB
+# Flights per scoring batch. The forward pass holds ~1.6 MB a flight of the batch at its peak
+# (activations and per-pixel errors of 10-channel images, float32): measured with the
+# 3-member ensemble (bench/memory.py), the worker peaked at ~1.5 GB with 512, ~0.9 GB with 128,
+# at the same flights/s within the noise (800-1,000 on 2 cores, PNG decoding included).
+BATCH = 128
 PROGRESS_EVERY_S = 10.0
 
 
@@ -48,12 +52,16 @@ PROGRESS_EVERY_S = 10.0
 class Scorer:
     model: registry.ModelRow
     normaliser: Any
-    forward: Callable
+    forward: Callable              # images -> (errors, None): every flight
     image_format: int
     channels: int
+    pictures: Callable             # images -> (errors, probabilities): flagged flights only
 
 
 _cache: dict[tuple[int, str | None], Scorer] = {}
+# Models kept loaded: a worker scores the sites in turn, and reloading a model each pass costs
+# more than it holds (a few MB of weights each).
+CACHED_MODELS = 4
 
 
 def scorer_for(row: registry.ModelRow) -> Scorer:
@@ -63,13 +71,19 @@ def scorer_for(row: registry.ModelRow) -> Scorer:
         from pipeline.model import errors
 
         model = registry.load_model(row)
-        _cache.clear()                       # one model in memory at a time
+        # Older models of the row's site are replaced; beyond that the oldest goes.
+        for old in [k for k, v in _cache.items() if v.model.site == row.site]:
+            del _cache[old]
+        while len(_cache) >= CACHED_MODELS:
+            del _cache[next(iter(_cache))]
         fmt = int(row.params.get("image_format", 1))
         channels = FORMAT_CHANNELS[fmt]
+        loss = row.params.get("loss", errors.DEFAULT_LOSS)
+        pos_weight = row.params.get("pos_weight", errors.POS_WEIGHT)
         _cache[key] = Scorer(row, errors.Normaliser.from_json(row.params["normaliser"]),
-                             errors.forward(model, row.params.get("loss", errors.DEFAULT_LOSS),
-                                            row.params.get("pos_weight", errors.POS_WEIGHT),
-                                            channels), fmt, channels)
+                             errors.forward(model, loss, pos_weight, channels,
+                                            probabilities=False), fmt, channels,
+                             errors.forward(model, loss, pos_weight, channels))
     return _cache[key]
 
 
@@ -84,7 +98,7 @@ def reconstruction_png(probs: np.ndarray) -> bytes:
 
 _PENDING = sa.text("""
     SELECT id, image FROM flights
-     WHERE state = 'finished' AND image IS NOT NULL AND image_format = :format
+     WHERE state = 'finished' AND image IS NOT NULL AND image_format = :format AND site = :site
        AND (model_id IS NULL
             OR (model_id <> :model AND last_seen >= :since)
             OR (:rescore AND last_seen >= :since AND scored_at < :started))
@@ -93,16 +107,18 @@ _PENDING = sa.text("""
        FOR UPDATE SKIP LOCKED""")
 
 _INSERT_SCORES = sa.text("""
-    INSERT INTO flight_scores (flight_id, model_id, score, threshold, flagged, where_score,
-                               shape_score, direction_score, channel, error_row, error_col,
-                               reconstruction, scored_at)
-    SELECT u.fid, :model, u.s, :threshold, u.fl, u.ws, u.ss, u.ds, u.ch, u.er, u.ec, u.rec, now()
+    INSERT INTO flight_scores (icao24, flight_id, model_id, score, threshold, flagged,
+                               where_score, shape_score, direction_score, channel, error_row,
+                               error_col, reconstruction, scored_at, site)
+    SELECT f.icao24, u.fid, :model, u.s, :threshold, u.fl, u.ws, u.ss, u.ds, u.ch, u.er, u.ec,
+           u.rec, now(), f.site
       FROM unnest(CAST(:ids AS bigint[]), CAST(:scores AS float8[]), CAST(:flags AS boolean[]),
                   CAST(:ws AS float8[]), CAST(:ss AS float8[]), CAST(:ds AS float8[]),
                   CAST(:chs AS text[]), CAST(:ers AS int2[]), CAST(:ecs AS int2[]),
                   CAST(:recs AS bytea[]))
            AS u(fid, s, fl, ws, ss, ds, ch, er, ec, rec)
-    ON CONFLICT (flight_id, model_id) DO UPDATE
+      JOIN flights f ON f.id = u.fid
+    ON CONFLICT (icao24, flight_id, model_id) DO UPDATE
        SET score = excluded.score, threshold = excluded.threshold, flagged = excluded.flagged,
            where_score = excluded.where_score, shape_score = excluded.shape_score,
            direction_score = excluded.direction_score, channel = excluded.channel,
@@ -139,41 +155,70 @@ def _decode(rows, channels: int) -> tuple[list[int], np.ndarray, list[int]]:
     return ids, arr, bad
 
 
-def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndarray,
-                 bad: list[int], settings: Settings | None = None) -> None:
+@dataclass
+class Scored:
+    """What a batch's flights get: score, flag, group scores, the group that carried each
+    score, and for flagged flights the pixel of the largest error and the reconstruction."""
+
+    scores: np.ndarray
+    flags: np.ndarray
+    channels: np.ndarray           # (n, groups) normalised group scores
+    top: list[str]
+    error_row: list[int | None]
+    error_col: list[int | None]
+    reconstructions: list[bytes | None]
+
+
+def compute(s: Scorer, images: np.ndarray) -> Scored:
+    """Scores of uint8 images (n, 64, 64, C); no database. The forward pass over the batch
+    computes errors only; the probabilities (160 KB a flight as float32, per ensemble member
+    while they are summed) are computed again for the flagged flights alone, the only ones whose
+    pixel and reconstruction are stored (measured in docs/model.md, "Memory")."""
     import tensorflow as tf
 
     from pipeline.model import errors
 
     row = s.model
+    n = len(images)
+    errs, _ = s.forward(tf.convert_to_tensor(images, tf.float32))
+    ch = s.normaliser.channels(errors.group_errors(errs.numpy()))
+    scores = s.normaliser.combine(ch)
+    flags = scores > row.threshold
+    names = errors.groups(s.channels)
+    top_group = s.normaliser.top(ch)
+    er: list[int | None] = [None] * n
+    ec: list[int | None] = [None] * n
+    recs: list[bytes | None] = [None] * n
+    hit = np.flatnonzero(flags)
+    if hit.size:
+        flagged = images[hit]
+        _, probs = s.pictures(tf.convert_to_tensor(flagged, tf.float32))
+        probs = probs.numpy()
+        pix = errors.error_pixels(flagged, probs, top_group[hit],
+                                  row.params.get("pos_weight", errors.POS_WEIGHT))
+        for j, (i, (r, c)) in enumerate(zip(hit.tolist(), pix.tolist())):
+            er[i], ec[i] = r, c
+            recs[i] = reconstruction_png(probs[j])
+    return Scored(scores, flags, ch, [names[g] for g in top_group], er, ec, recs)
+
+
+def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndarray,
+                 bad: list[int], settings: Settings | None = None) -> None:
+    row = s.model
     if ids:
-        errs, probs = s.forward(tf.convert_to_tensor(images, tf.float32))
-        ch = s.normaliser.channels(errors.group_errors(errs.numpy()))
-        scores = s.normaliser.combine(ch)
-        flags = scores > row.threshold
-        names = errors.groups(s.channels)
-        top_group = s.normaliser.top(ch)
-        top = [names[g] for g in top_group]
-        er: list[int | None] = [None] * len(ids)
-        ec: list[int | None] = [None] * len(ids)
-        recs: list[bytes | None] = [None] * len(ids)
-        hit = np.flatnonzero(flags)
-        if hit.size:
-            probs = probs.numpy()
-            pix = errors.error_pixels(images[hit], probs[hit], top_group[hit],
-                                      row.params.get("pos_weight", errors.POS_WEIGHT))
-            for i, (r, c) in zip(hit.tolist(), pix.tolist()):
-                er[i], ec[i] = r, c
-                recs[i] = reconstruction_png(probs[i])
+        out = compute(s, images)
+        ch = out.channels
+        hit = np.flatnonzero(out.flags)
         params = {"model": row.id, "threshold": row.threshold, "ids": ids,
-                  "scores": scores.tolist(), "flags": flags.tolist()}
+                  "scores": out.scores.tolist(), "flags": out.flags.tolist()}
         # Read before this batch's scores are written: "flagged before" is in the history.
         alert = outbox.new_flags(conn, [ids[i] for i in hit.tolist()]) \
             if settings is not None and outbox.enabled(settings) else []
         conn.execute(_INSERT_SCORES, {
             **params, "ws": ch[:, 0].tolist(), "ss": ch[:, 1].tolist(),
             "ds": ch[:, 2].tolist() if ch.shape[1] > 2 else [None] * len(ids),
-            "chs": top, "ers": er, "ecs": ec, "recs": recs})
+            "chs": out.top, "ers": out.error_row, "ecs": out.error_col,
+            "recs": out.reconstructions})
         conn.execute(_UPDATE_FLIGHTS, params)
         if alert:
             assert settings is not None
@@ -185,14 +230,15 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
                      {"m": row.id, "t": row.threshold, "ids": bad})
 
 
-def _usable_active(engine: sa.Engine) -> Scorer | None:
-    """The active model's scorer; a model whose file is unusable is marked failed and the
-    newest retired model that still loads takes over (scoring goes on)."""
+def _usable_active(engine: sa.Engine, site: str) -> Scorer | None:
+    """The site's active model's scorer; a model whose file is unusable is marked failed and
+    the newest retired model of the site that still loads takes over (scoring goes on)."""
     for _ in range(3):
         with engine.connect() as conn:
-            row = registry.active(conn)
+            row = registry.active(conn, site)
         if row is None:
-            log.info("no active model yet: nothing scored (train one: adsb-pipeline train)")
+            log.info("site %s has no active model yet: nothing scored (train one: "
+                     "adsb-pipeline train --site %s)", site, site)
             return None
         try:
             return scorer_for(row)
@@ -203,10 +249,18 @@ def _usable_active(engine: sa.Engine) -> Scorer | None:
     return None
 
 
-def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = False,
-                  batch: int = BATCH) -> int:
-    """Score every pending flight with the active model; returns the number of flights scored."""
-    s = _usable_active(engine)
+def score_pending(engine: sa.Engine, settings: Settings, *, site: str | None = None,
+                  rescore: bool = False, batch: int = BATCH) -> int:
+    """Score every pending flight of ``site`` with its active model (every site with one when
+    None); returns the number of flights scored."""
+    if site is None:
+        with engine.connect() as conn:
+            todo = registry.active_sites(conn)
+        if not todo:
+            log.info("no active model yet: nothing scored (train one: adsb-pipeline train)")
+        return sum(score_pending(engine, settings, site=s, rescore=rescore, batch=batch)
+                   for s in todo)
+    s = _usable_active(engine, site)
     if s is None:
         return 0
     with engine.connect() as conn:
@@ -217,7 +271,7 @@ def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = Fals
         with engine.begin() as conn:
             rows = conn.execute(_PENDING, {"model": s.model.id, "since": since, "limit": batch,
                                            "rescore": rescore, "started": started,
-                                           "format": s.image_format}).all()
+                                           "format": s.image_format, "site": site}).all()
             if not rows:
                 break
             ids, images, bad = _decode(rows, s.channels)
@@ -228,7 +282,8 @@ def score_pending(engine: sa.Engine, settings: Settings, *, rescore: bool = Fals
             last_log = time.monotonic()
             log.info("scored %d flights (%.0f/s)", total, total / (last_log - t0))
     if total or bad_total:
-        log.info("scored %d flights with model %s in %.1f s%s", total, s.model.version,
+        log.info("site %s: scored %d flights with model %s in %.1f s%s", site, total,
+                 s.model.version,
                  time.monotonic() - t0, f"; {bad_total} undecodable images" if bad_total else "")
     return total
 

@@ -44,13 +44,16 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
 
 from pipeline.config import Settings
 from pipeline.flights import raster
+
+if TYPE_CHECKING:
+    from pipeline.model.data import Images
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ LEARNING_RATE = 2e-3
 # Seconds of the budget kept for scoring the folds and saving, per 1,000 flights.
 TAIL_S_PER_1000 = 3.0
 AUGMENT = True                 # see data.dataset; measured in docs/model.md
+OOF_CHUNK = 256                # flights scored at once out of fold (probabilities: 40 MB)
 # Promotion rules (see docs/model.md).
 RECALL_FLOOR = 0.5             # lit-pixel recall on validation flights, each channel
 MAX_WORSE = 0.2                # candidate loss may exceed the active one's by at most 20 %
@@ -144,12 +148,13 @@ def _callbacks(deadline: float, label: str, patience: int = PATIENCE):
     return [EpochLog(), stop], stop
 
 
-def fit(train_images: np.ndarray, val_images: np.ndarray | None, *, seed: int, deadline: float,
+def fit(train_images: Images, val_images: Images | None, *, seed: int, deadline: float,
         verbose: bool = False, loss: str | None = None, arch=None,
         max_epochs: int = MAX_EPOCHS, label: str = "fit", augment: bool = AUGMENT,
         name: str = "autoencoder") -> FitOutcome:
     """One fit from scratch, early-stopped on the validation flights, best weights restored;
-    without validation flights, exactly ``max_epochs`` epochs (or until the deadline)."""
+    without validation flights, exactly ``max_epochs`` epochs (or until the deadline).
+    The images may be views (data.Subset of the window): batches are gathered as they are due."""
     import keras
 
     from pipeline.model import autoencoder, data, errors
@@ -199,14 +204,17 @@ class CrossFit:
         return [(float(a / max(b, 1.0)), float(a / max(c, 1.0))) for a, b, c in zip(tp, t, p)]
 
 
-def cross_fit(images: np.ndarray, k: int, *, seed: int, start: float, budget: float,
+def cross_fit(images: Images, k: int, *, seed: int, start: float, budget: float,
               verbose: bool = False, loss: str | None = None, arch=None,
               max_epochs: int = MAX_EPOCHS, augment: bool = AUGMENT,
               first_seen: np.ndarray | None = None) -> CrossFit:
     """Fit ``k`` fold models (each on the other folds, early-stopped on its own), and score each
     flight with the fold model that left it out. Folds are blocks of time when the flights'
     start times are given (see data.folds). Fold i may use the budget up to
-    ``start + budget * (i + 1) / k``, less a tail kept for scoring and saving."""
+    ``start + budget * (i + 1) / k``, less a tail kept for scoring and saving. Folds are index
+    views of ``images`` (data.Subset), never copies of them."""
+    import tensorflow as tf
+
     from pipeline.model import data, errors
 
     loss = loss or errors.DEFAULT_LOSS
@@ -220,18 +228,24 @@ def cross_fit(images: np.ndarray, k: int, *, seed: int, start: float, budget: fl
     for i in range(k):
         held = fold == i
         until = start + (budget - tail) * (i + 1) / k
-        out = fit(images[~held], images[held], seed=seed + i, deadline=until, verbose=verbose,
-                  loss=loss, arch=arch, max_epochs=max_epochs, label=f"fold {i + 1}/{k}",
-                  augment=augment, name=f"member_{i}")
         idx = np.flatnonzero(held)
-        for lo in range(0, idx.size, 1024):          # probabilities of a chunk at a time
-            part = idx[lo:lo + 1024]
-            e, probs = errors.errors_of(out.model, images[part], loss, with_probabilities=True)
-            oof[part] = e
+        out = fit(data.Subset(images, np.flatnonzero(~held)), data.Subset(images, idx),
+                  seed=seed + i, deadline=until, verbose=verbose, loss=loss, arch=arch,
+                  max_epochs=max_epochs, label=f"fold {i + 1}/{k}", augment=augment,
+                  name=f"member_{i}")
+        run = errors.forward(out.model, loss, channels=images.shape[-1])
+        # A chunk at a time: its probabilities are 160 KB a flight as float32.
+        for lo in range(0, idx.size, OOF_CHUNK):
+            part = idx[lo:lo + OOF_CHUNK]
+            x = images[part]
+            e, probs = run(tf.convert_to_tensor(x, tf.float32))
+            oof[part] = e.numpy()
+            probs = probs.numpy()
             for g in range(m.shape[1]):
-                truth = images[part][..., m[:, g]] > 0
+                truth = x[..., m[:, g]] > 0
                 pred = probs[..., m[:, g]] > 0.5
                 counts[g] += (truth.sum(), pred.sum(), np.logical_and(truth, pred).sum())
+            del x, probs
         members.append(out.model)
         fits.append(out)
         log.info("fold %d/%d: %d epochs (best %d), %.0f s, %.0f images/s", i + 1, k, out.epochs,
@@ -268,7 +282,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
                   active_id: int | None = None, blocked_folds: bool = True) -> Candidate:
     """Screen the window, cross-fit, calibrate: everything but the database writes (evaluate
     uses this on a time split)."""
-    from pipeline.model import autoencoder, errors
+    from pipeline.model import autoencoder, data, errors
 
     t_start = time.monotonic()
     loss = loss or errors.DEFAULT_LOSS
@@ -276,7 +290,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
     n = len(window.ids)
     keep, excluded, verdicts = screen(window, settings, plain, active_id)
     k = max(2, min(settings.train_folds, int(keep.sum()) // 10))
-    cross = cross_fit(window.images[keep], k, seed=seed, start=t_start,
+    cross = cross_fit(data.Subset(window.images, keep), k, seed=seed, start=t_start,
                       budget=settings.train_budget_s - (time.monotonic() - t_start),
                       verbose=verbose, loss=loss, arch=arch, max_epochs=max_epochs,
                       augment=augment,
@@ -295,7 +309,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
     norm = errors.Normaliser.fit(groups, scored)
     oof_scores = norm.score(groups)
     thr = errors.flag_threshold(oof_scores, settings.flag_rate)
-    lit = window.images[keep].reshape(int(keep.sum()), -1).sum(axis=1)
+    lit = data.lit_pixels(window.images)[keep]
     rho = errors.spearman(oof_scores, lit)
     params = {
         "loss": loss, "pos_weight": errors.POS_WEIGHT, "architecture": arch.to_json(),
@@ -367,8 +381,9 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
                  verbose: bool = True, engine: sa.Engine | None = None,
                  loss: str | None = None, arch=None, max_epochs: int = MAX_EPOCHS,
                  augment: bool = AUGMENT, until: dt.datetime | None = None) -> TrainResult:
-    """Train a candidate on the data window (ending at the data clock, or at ``until``),
-    register it, promote it or record why not."""
+    """Train a candidate of the site of ``settings`` (``ADSB_SITE``, by default the
+    receiver's own; the worker sets it per job) on the data window (ending at the data clock, or
+    at ``until``), register it, promote it or record why not."""
     from pipeline.model import data, errors, registry
 
     t_start = time.monotonic()
@@ -376,13 +391,15 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
     seed = seed if seed is not None else settings.train_seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1      # recorded, so rerunnable
+    site = settings.site_id
     with engine.connect() as conn:
-        current = registry.active(conn)
-    window = data.load_window(engine, settings, current.id if current else None, until=until)
+        current = registry.active(conn, site)
+    window = data.load_window(engine, settings, current.id if current else None, until=until,
+                              site=site)
     n = len(window.ids)
     if n < settings.train_min_flights:
         raise TrainingRefused(
-            f"only {n} finished flights between {window.start:%Y-%m-%d %H:%M} and "
+            f"only {n} finished flights of site {site} between {window.start:%Y-%m-%d %H:%M} and "
             f"{window.end:%Y-%m-%d %H:%M} UTC (data clock); at least {settings.train_min_flights} "
             f"are needed (ADSB_TRAIN_MIN_FLIGHTS)")
     log.info("training on %d flights of %s .. %s (seed %d, %s)", n, window.start, window.end,
@@ -407,13 +424,14 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
                          f"the {n_fit} flights fitted ({params['folds']} folds: each flight "
                          f"scored by the fold model that never saw it), so about "
                          f"{settings.flag_rate:.2%} of ordinary flights are flagged",
-        params=params, path=str(path), sha256=digest)
+        params=params, path=str(path), sha256=digest, site=site)
 
     # Compared with the active model on the newest flights, which it never saw either.
     new = window.first_seen > np.datetime64(current.data_to.replace(tzinfo=None), "us") \
         if current is not None and current.data_to is not None else np.zeros(n, bool)
     new_fit = new[cand.keep]
-    active_loss = _loss_of_active(current, window.images[cand.keep][new_fit], params)
+    active_loss = _loss_of_active(
+        current, data.Subset(window.images, np.flatnonzero(cand.keep)[new_fit]), params)
     cand_loss = float(errors.group_errors(cand.cross.oof_errors[new_fit]).mean()) \
         if active_loss is not None else cand.val_loss
     params["active_val_loss"] = active_loss
@@ -456,7 +474,7 @@ def tortuous(tortuosity: np.ndarray, k: float, floor: float = 1.0) -> tuple[np.n
     return t > cut, float(np.exp(cut))
 
 
-def _loss_of_active(current, images: np.ndarray, params: dict) -> float | None:
+def _loss_of_active(current, images: Images, params: dict) -> float | None:
     """The active model's loss (mean group error) on ``images``, or None when there is no
     comparable active model (none, another loss or image format) or too few flights."""
     from pipeline.model import errors, registry

@@ -50,7 +50,7 @@ class WebContext:
     engine: sa.Engine
     policy: WritePolicy
     templates: Jinja2Templates
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     def render(self, request: Request, name: str, context: dict[str, Any],
                status_code: int = 200) -> Response:

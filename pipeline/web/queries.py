@@ -89,11 +89,18 @@ def positions_on(conn: sa.Connection, receiver_id: str, day: dt.date) -> int:
         position_days.c.receiver_id == receiver_id, position_days.c.day == day)).scalar() or 0)
 
 
-def active_model(conn: sa.Connection) -> RowMapping | None:
+def active_model(conn: sa.Connection, site: str) -> RowMapping | None:
     return conn.execute(sa.select(
         M.c.id, M.c.version, M.c.created_at, M.c.activated_at, M.c.data_from, M.c.data_to,
         M.c.n_train, M.c.n_excluded, M.c.threshold, M.c.threshold_method, M.c.val_loss)
-        .where(M.c.status == "active")).mappings().first()
+        .where(M.c.status == "active", M.c.site == site)).mappings().first()
+
+
+def site_frame(conn: sa.Connection, site: str) -> tuple[float, float, float] | None:
+    """(latitude, longitude, range km) of the site's fixed frame."""
+    row = conn.execute(sa.text("SELECT latitude, longitude, range_km FROM sites WHERE id = :s "
+                               "AND latitude IS NOT NULL"), {"s": site}).first()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def flag_rates(conn: sa.Connection, model_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -338,6 +345,8 @@ def add_verdict(conn: sa.Connection, flight_id: int, verdict: str, note: str | N
                 author: str) -> int:
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+    icao24 = sa.select(F.c.icao24).where(F.c.id == flight_id).scalar_subquery()
     return int(conn.execute(
-        L.insert().values(flight_id=flight_id, verdict=verdict, note=note, author=author)
+        L.insert().values(flight_id=flight_id, icao24=icao24, verdict=verdict, note=note,
+                          author=author)
         .returning(L.c.id)).scalar_one())

@@ -69,7 +69,7 @@ def home(request: Request) -> Response:
         aircraft = q.aircraft_now(conn, clock)
         flights_today = q.flights_since(conn, today)
         positions_today = q.positions_on(conn, web.settings.receiver_id, today.date())
-        model = q.active_model(conn)
+        model = q.active_model(conn, web.settings.site_id)
         rate = q.flag_rates(conn, [model["id"]]).get(model["id"]) if model else None
         flags_today = q.flags(conn, today, None, HOME_FLAGS)
         flags_week = q.flags(conn, week, today, HOME_FLAGS)
@@ -207,13 +207,15 @@ def status_of(f: Any, verdict: str | None) -> tuple[str, str]:
     return "ordinary", "not flagged"
 
 
-def _airports_in_range(web: WebContext) -> list[dict[str, Any]]:
-    if "airports" not in web.cache:
-        s = web.settings
-        web.cache["airports"] = [
+def _airports_in_range(web: WebContext, frame: tuple[float, float, float]
+                       ) -> list[dict[str, Any]]:
+    key = ("airports", frame)
+    if key not in web.cache:
+        lat, lon, range_km = frame
+        web.cache[key] = [
             {"code": a.code, "name": a.name, "lat": a.lat, "lon": a.lon, "major": bool(a.iata)}
-            for a in airports.within(s.receiver_lat, s.receiver_lon, 1.25 * s.range_km)]
-    return web.cache["airports"]
+            for a in airports.within(lat, lon, 1.25 * range_km)]
+    return web.cache[key]
 
 
 def flight_page(request: Request) -> Response:
@@ -228,6 +230,9 @@ def flight_page(request: Request) -> Response:
         history = q.score_history(conn, fid)
         labels = q.verdicts(conn, fid)
         before, after = q.same_aircraft(conn, f["icao24"], f["first_seen"], f["last_seen"])
+        s = web.settings
+        # The map is drawn in the flight's site frame, as its image was.
+        frame = q.site_frame(conn, f["site"]) or (s.receiver_lat, s.receiver_lon, s.range_km)
     verdict = labels[0]["verdict"] if labels else None
     css, words = status_of(f, verdict)
     panels, panel_note = _panels(images)
@@ -235,11 +240,10 @@ def flight_page(request: Request) -> Response:
     lon = [p.longitude for p in pos]
     start = (lat[0], lon[0]) if pos else None
     end = (lat[-1], lon[-1]) if pos else None
-    s = web.settings
     map_data = track.map_data(
-        receiver=(s.receiver_lat, s.receiver_lon), range_km=s.range_km,
+        receiver=frame[:2], range_km=frame[2],
         track=track.runs(lat, lon, [p.altitude for p in pos]),
-        airports=_airports_in_range(web), start=start, end=end)
+        airports=_airports_in_range(web, frame), start=start, end=end)
     pick = track.thin(len(pos), track.MAX_PROFILE_POINTS)
     times = [pos[i].time for i in pick]
     return web.render(request, "flight.html", {
@@ -247,7 +251,7 @@ def flight_page(request: Request) -> Response:
         "saved": request.query_params.get("saved"),
         "ratio": (f["score"] / f["threshold"]) if f["score"] is not None and f["threshold"]
         else None,
-        "n_positions_shown": len(pos), "map_data": map_data,
+        "n_positions_shown": len(pos), "map_data": map_data, "frame_range_km": frame[2],
         "altitude": plots.profile(times, [pos[i].altitude for i in pick], "ft", "altitude"),
         "groundspeed": plots.profile(times, [pos[i].groundspeed for i in pick], "kt",
                                      "ground speed"),
