@@ -46,8 +46,11 @@ def main() -> None:
 
         with engine.connect() as conn:
             scorer = score.scorer_for(registry.active(conn, settings.site_id))
-        fwd = forward_rate(scorer.forward)
-        ref = forward_rate(errors.forward(autoencoder.build(REFERENCE)[2]))
+        # Both on images of the stored format (10 channels), the reference built for them too.
+        fwd = forward_rate(scorer.forward, scorer.channels)
+        ref = forward_rate(errors.forward(autoencoder.build(REFERENCE, scorer.channels)[2],
+                                          channels=scorer.channels, probabilities=False),
+                           scorer.channels)
         t0 = time.monotonic()
         n = score.score_pending(engine, settings)
         s = time.monotonic() - t0
@@ -64,12 +67,12 @@ def main() -> None:
         _data.drop_database(url)
 
 
-def forward_rate(forward, repeats: int = 5) -> float:
+def forward_rate(forward, channels: int, repeats: int = 5) -> float:
     """Images/s of a compiled forward pass on full batches (traced once before timing)."""
     import numpy as np
     import tensorflow as tf
 
-    batch = tf.zeros((score.BATCH, 64, 64, 2), tf.float32)
+    batch = tf.zeros((score.BATCH, 64, 64, channels), tf.float32)
     np.asarray(forward(batch)[0])
     best = float("inf")
     for _ in range(repeats):

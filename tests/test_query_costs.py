@@ -159,7 +159,8 @@ def test_worker_queries_read_only_the_days_they_need(explained, settings, monkey
         active = conn.execute(sa.text("SELECT id FROM models WHERE status = 'active'")).scalar()
         pending = conn.execute(score._PENDING, {
             "model": active, "since": data_clock(conn) - dt.timedelta(days=1), "limit": 500,
-            "rescore": False, "started": dt.datetime.now(UTC), "format": raster.FORMAT}).all()
+            "rescore": False, "started": dt.datetime.now(UTC), "format": raster.FORMAT,
+            "site": "default"}).all()
         assert len(pending) == 1                        # the flight the pass just closed
         _, flagged = report.fetch(conn, dt.timedelta(days=1), 20)
         assert flagged and all(f.last_seen > clock - dt.timedelta(days=1) for f in flagged)

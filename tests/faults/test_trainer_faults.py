@@ -57,7 +57,7 @@ def activate_previous_model(engine: sa.Engine, settings) -> int:
     with engine.begin() as conn:
         model_id = registry.insert_candidate(conn, {
             "version": version, "threshold": 1.0, "path": str(path), "sha256": digest,
-            "params": {"architecture": hf.tiny_arch().to_json()}})
+            "params": {"architecture": hf.tiny_arch().to_json()}, "site": "default"})
         registry.activate(conn, model_id, "previous model")
     return model_id
 
@@ -80,7 +80,7 @@ def test_sigkill_of_the_trainer_keeps_the_previous_model(point, databases, tmp_p
     with engine.connect() as conn:
         job = conn.execute(sa.text("SELECT * FROM job_runs WHERE job = 'train'")).one()
         models = conn.execute(sa.text("SELECT id, status FROM models")).all()
-        active = registry.active(conn)
+        active = registry.active(conn, "default")
     engine.dispose()
     left = sorted(p.name for p in settings.models_path.iterdir())
     removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
