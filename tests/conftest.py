@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
@@ -118,3 +119,31 @@ def settings(db_url, tmp_path) -> config.Settings:
         "database_url": db_url, "data_dir": str(tmp_path / "data"),
         "receiver_lat": PARIS_LAT, "receiver_lon": PARIS_LON, "range_km": PARIS_RANGE_KM,
     })
+
+
+@dataclass
+class SimTrained:
+    template: str          # the simulated site, untrained (copy it to train again)
+    url: str               # a copy of it after one full training (its model active): read only
+    tracks: list
+    settings: config.Settings
+    result: object
+
+
+@pytest.fixture(scope="session")
+def sim_trained(databases, tmp_path_factory) -> SimTrained:
+    """A simulated site of 105 flights (5 anomalies) and one full training on a copy of it:
+    a fit of about a minute here, shared by every test that needs a real model of it."""
+    import helpers_flights as hf
+    from pipeline.model import train
+
+    template, tracks = hf.sim_database(databases, n_normal=100, n_anomalies=5)
+    url = hf.copy_database(databases, template)
+    settings = hf.model_settings(url, tmp_path_factory.mktemp("sim-trained") / "data")
+    engine = sa.create_engine(url)
+    try:
+        result = train.run_training(settings, seed=9, verbose=False, engine=engine,
+                                    max_epochs=60)
+    finally:
+        engine.dispose()
+    return SimTrained(template, url, tracks, settings, result)

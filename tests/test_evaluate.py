@@ -7,12 +7,9 @@ import csv
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import helpers_flights as hf
 from pipeline import evaluate
-from pipeline.model import train
 
 
 def test_metrics_match_scikit_learn():
@@ -37,13 +34,9 @@ def test_flag_figures():
 
 
 @pytest.mark.slow
-def test_evaluate_command_prints_table_and_writes_csv(databases, tmp_path, capsys):
-    url, tracks = hf.sim_database(databases, n_normal=100, n_anomalies=5)
-    settings = hf.model_settings(url, tmp_path / "data")
-    engine = sa.create_engine(url)
-    r = train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=60)
-    engine.dispose()
-    assert r.status == "active"
+def test_evaluate_command_prints_table_and_writes_csv(sim_trained, tmp_path, capsys):
+    tracks, settings = sim_trained.tracks, sim_trained.settings
+    assert sim_trained.result.status == "active"
     labels = tmp_path / "labels.csv"
     labels.write_text("icao24,label\n" + "".join(
         f"{t.icao24},{t.label}\n" for t in tracks))

@@ -15,9 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sim_url(databases):
-    url, _ = hf.sim_database(databases, n_normal=100, n_anomalies=5)
-    return url
+def sim_url(sim_trained):
+    return sim_trained.template
 
 
 def _train(url, tmp_path, **kw):
@@ -47,9 +46,13 @@ def test_same_seed_same_validation_loss(databases, sim_url, tmp_path):
     assert a.threshold == pytest.approx(b.threshold, abs=1e-6)
 
 
-def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(databases, sim_url, tmp_path):
-    url = hf.copy_database(databases, sim_url)
-    result = _train(url, tmp_path)
+@pytest.fixture(scope="module")
+def trained(sim_trained):
+    return sim_trained.url, sim_trained.result
+
+
+def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(trained):
+    url, result = trained
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT * FROM models WHERE id = :i"), {"i": result.model_id}).one()
@@ -79,10 +82,10 @@ def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(databases, 
     assert "accuracy" not in str(model.get_config()).lower()
 
 
-def test_rejected_candidate_leaves_the_previous_model_active(databases, sim_url, tmp_path,
+def test_rejected_candidate_leaves_the_previous_model_active(databases, trained, tmp_path,
                                                               monkeypatch):
-    url = hf.copy_database(databases, sim_url)
-    first = _train(url, tmp_path / "1")
+    url = hf.copy_database(databases, trained[0])         # the first model active, as trained
+    first = trained[1]
     monkeypatch.setattr(train, "RECALL_FLOOR", 1.01)      # no model can pass this floor
     second = _train(url, tmp_path / "2", seed=8, arch=hf.tiny_arch(), max_epochs=3)
     assert first.status == "active" and second.status == "rejected"
