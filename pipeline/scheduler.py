@@ -181,7 +181,7 @@ class Worker:
             self._next_prune = time.monotonic() + 3600
 
     def _site_names(self) -> list[str]:
-        sites.register_engine(self.engine, self.settings)
+        # This worker's own receiver was registered once when it started (run_worker).
         with self.engine.connect() as conn:
             return [s.id for s in sites.framed(conn)]
 
@@ -267,7 +267,6 @@ class Worker:
     def sites_ready_to_train(self) -> list[str]:
         """Sites with no active model, enough finished flights with an image, and no training
         started within TRAIN_RETRY."""
-        self._site_names()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.text("""
                 SELECT s.id, (SELECT count(*) FROM flights f WHERE f.site = s.id
@@ -439,6 +438,13 @@ def run_worker(settings: Settings, stop: threading.Event, engine: sa.Engine | No
     own_engine = engine is None
     engine = engine or make_engine(settings)
     worker = worker or Worker(settings, engine)
+    try:
+        # Once, so that the worker's own receiver has a site before its first tick (an ingest
+        # registers its own; every tick then queues work for every site in the table).
+        sites.register_engine(engine, settings)
+    except sa.exc.SQLAlchemyError as e:
+        log.warning("worker: cannot register receiver %s yet (%s); its ingest will",
+                    settings.receiver_id, str(e).splitlines()[0][:200])
     sched = build_scheduler(settings, engine, worker=worker)
     sched.start()
     consumers = [threading.Thread(target=worker.consume, args=(kinds, stop), daemon=True,
