@@ -83,7 +83,8 @@ class Settings:
     batch_rows: int = _setting(5000, "Rows per COPY batch (a batch is also flushed every second).",
                                minimum=1)
     buffer_max_rows: int = _setting(2_000_000, "Rows held in memory while the database is "
-                                    "unreachable; beyond that they spill to the on-disk journal.",
+                                    "unreachable or slower than the receiver; beyond that they "
+                                    "spill to the on-disk journal.",
                                     minimum=1000)
     flight_gap_s: float = _setting(600.0, "Silence that ends a flight, seconds.", minimum=1)
     train_days: float = _setting(7.0, "Train on finished flights of the last N days of the data clock.",

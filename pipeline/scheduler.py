@@ -53,7 +53,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from pipeline import config
+from pipeline import config, parent
 from pipeline.config import Settings
 from pipeline.db import jobs, partitions, sites
 from pipeline.db.engine import make_engine
@@ -230,7 +230,7 @@ class Worker:
             return self._train_child(site)
 
     def _train_child(self, site: str) -> int:
-        env = dict(os.environ)
+        env = parent.child_env(dict(os.environ))     # it ends if this worker is killed
         env.update(settings_env(self.settings, self.engine))
         env[config.env_name("site")] = site
         with self._child_lock:

@@ -3,6 +3,7 @@ trainer killed in the middle leaves no lock behind (real PostgreSQL, real child 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,3 +137,67 @@ def test_a_killed_worker_releases_the_lock(settings, db_url, engine, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert _worker(settings, db_url, "pass").train() == 0
 
+
+
+# A worker process of its own whose training child asks to end with it, notes its pid and
+# then runs far longer than the test.
+WORKER_WITH_CHILD = """
+import sys
+import sqlalchemy as sa
+from pipeline import config, scheduler
+child = ("import os, sys, time, pathlib\\n"
+         "from pipeline import parent\\n"
+         "parent.die_with_parent()\\n"
+         "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\\n"
+         "time.sleep(120)\\n")
+settings = config.load({}, {"database_url": sys.argv[1], "data_dir": sys.argv[2]})
+worker = scheduler.Worker(settings, sa.create_engine(sys.argv[1]),
+                          train_command=[sys.executable, "-c", child, sys.argv[3]])
+worker.train()
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whichever process reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_worker_takes_its_training_child_with_it(settings, db_url, engine, tmp_path):
+    """SIGKILL of the worker process alone (a worker started by hand: no process group or
+    control group is killed with it): its training child ends too, so it cannot register a
+    model while a restarted worker trains the same site."""
+    pid_file = tmp_path / "child.pid"
+    proc = subprocess.Popen([sys.executable, "-c", WORKER_WITH_CHILD, db_url,
+                             str(tmp_path / "data"), str(pid_file)],
+                            start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        _wait(lambda: (pid_file.exists() and pid_file.read_text()) or proc.poll() is not None,
+              timeout_s=60)
+        assert proc.poll() is None, "the worker process ended before its child started"
+        child = int(pid_file.read_text())
+        assert _running(child) and _lock_holders(engine)
+        os.kill(proc.pid, signal.SIGKILL)       # the worker only, not its group
+        proc.wait(10)
+        _wait(lambda: not _running(child), timeout_s=10)
+        _wait(lambda: not _lock_holders(engine), timeout_s=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)     # whatever is left of the group
+    assert _worker(settings, db_url, "pass").train() == 0
+
+
+def test_a_training_child_whose_worker_is_gone_does_not_start(settings, tmp_path):
+    """Started by a worker that exited before the child asked to end with it: the signal would
+    never come, so the real ``train`` command refuses before it reads any flight."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADSB_")}
+    env.update(scheduler.settings_env(settings, None), ADSB_TRAIN_PARENT_PID="1")  # not its parent
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--quiet"], env=env,
+                       capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 1
+    assert "training not started: the worker that started this process (pid 1) has exited" \
+        in r.stderr

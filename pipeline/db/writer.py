@@ -2,9 +2,10 @@
 
 Rows arrive as blocks of binary COPY rows (``pipeline.db.rows``; one bytes object, its row
 count and its days per block). A batch is written when ``batch_rows`` rows are waiting or every
-second, as one ``copy_expert`` call. While the database is unreachable rows stay in memory up
-to ``buffer_max_rows`` and writes are retried with exponential backoff (0.5 s doubling up to
-30 s; new rows do not cut a wait short); beyond that bound they spill to journal files in
+second, as one ``copy_expert`` call. While the database is unreachable (or up but slower than
+the receiver) rows stay in memory up to ``buffer_max_rows``; failed writes are retried with
+exponential backoff (0.5 s doubling up to 30 s; new rows do not cut a wait short). Beyond
+that bound the oldest rows spill to journal files in
 ``ADSB_DATA_DIR/journal`` (complete binary COPY streams, their days in the file name), which
 are loaded (and deleted) once the database answers again, also on the next start. Text COPY
 journals of earlier versions (``*.copy``) are loaded too.
@@ -100,7 +101,11 @@ class PositionWriter:
             # up (and spill to the journal beyond the bound), they do not bring a retry forward.
             if self._pending >= self.batch_rows and self._db_ok:
                 self._cond.notify()
-            overflow = (self._pending > self.buffer_max_rows and not self._db_ok
+            # Also while the database is up but slower than the receiver (a long lock, a disk
+            # that stalls): memory stays bounded either way. The writer thread loads the
+            # journal after each batch it writes, before the rows still in memory, so rows
+            # reach the table in time order.
+            overflow = (self._pending > self.buffer_max_rows
                         and time.monotonic() >= self._spill_retry_at)
         if overflow:
             self._spill()
@@ -371,9 +376,11 @@ class PositionWriter:
                       exc, self._pending, self.buffer_max_rows)
             return
         self.rows_journaled += count
-        log.error("in-memory buffer limit of %d rows reached while the database is unreachable: "
-                  "%d rows written to the journal %s (loaded when the database is back)",
-                  self.buffer_max_rows, count, path)
+        why = ("while the database is unreachable" if not self._db_ok
+               else "while the database is slower than the receiver")
+        log.error("in-memory buffer limit of %d rows reached %s: %d rows written to the journal "
+                  "%s (loaded when the database takes them)", self.buffer_max_rows, why, count,
+                  path)
 
     def _replay_journal(self) -> None:
         if not self.journal_dir.is_dir():

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
+from pipeline import parent
 from pipeline.config import Settings
 from pipeline.flights import raster
 
@@ -512,6 +513,11 @@ def promotion_problem(val_loss: float, recalls: tuple[float, float], spearman_li
 
 def command(settings: Settings, args) -> int:
     """``adsb-pipeline train [--seed N] [--plain] [--quiet]``."""
+    try:
+        parent.die_with_parent()
+    except parent.ParentGone as e:
+        log.error("training not started: %s", e)
+        return 1
     try:
         result = run_training(settings, seed=args.seed, plain=args.plain,
                               verbose=not args.quiet)

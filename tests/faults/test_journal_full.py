@@ -105,3 +105,44 @@ def test_after_an_outage_journaled_rows_are_stored_before_newer_rows_held_in_mem
     last_old = max(ins for t, ins in rows if float(t) < split)
     first_new = min(ins for t, ins in rows if float(t) >= split)
     assert last_old < first_new
+
+
+def test_a_database_slower_than_the_receiver_keeps_memory_bounded(db_url, tmp_path, caplog):
+    """The server is up but takes no rows for a while (a lock held by a long maintenance
+    statement, a stalled disk): rows beyond the bound spill to the journal as in an outage,
+    and once the server takes rows again everything is stored once, in time order."""
+    import psycopg2
+
+    writer = PositionWriter(sa.create_engine(db_url), tmp_path / "journal", batch_rows=100,
+                            buffer_max_rows=1000)
+    feed = _Feeder(writer)
+    feed(1)
+    deadline = time.monotonic() + 10
+    while writer.rows_written < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.rows_written == 200
+    locker = psycopg2.connect(db_url.replace("postgresql+psycopg2://", "postgresql://"))
+    try:
+        locker.cursor().execute("LOCK TABLE positions IN EXCLUSIVE MODE")  # blocks every COPY
+        feed(1)
+        time.sleep(1.5)                        # the writer is now waiting on the lock
+        held = []
+        for _ in range(30):                    # 6,000 rows, 6 × the bound
+            feed(1)
+            held.append(writer.pending)
+        assert writer.database_ok and writer.write_errors == 0   # up, only slow
+        assert max(held) <= 1000 + 200         # the bound, plus the chunk that crossed it
+        assert writer.rows_journaled >= 4000
+        assert "while the database is slower than the receiver" in caplog.text
+    finally:
+        locker.rollback()                      # the lock goes; the server takes rows again
+        locker.close()
+    writer.close(timeout_s=60)
+    assert writer.rows_written == feed.put and writer.pending == 0
+    assert not list((tmp_path / "journal").glob("positions-*"))
+    with sa.create_engine(db_url).connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT extract(epoch FROM time), inserted_at FROM positions ORDER BY time")).all()
+    assert len(rows) == feed.put == len({t for t, _ in rows})
+    # Stored in time order: no row was committed before an older one.
+    assert all(a[1] <= b[1] for a, b in zip(rows, rows[1:]))
