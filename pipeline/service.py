@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.config import Settings
 from pipeline.db import migrate, sites
-from pipeline.db.engine import make_engine
+from pipeline.db.engine import make_engine, wait_for_database
 from pipeline.metrics import DatabaseCollector, IngestCollector, MetricsServer
 from pipeline.status import INGEST_STATE_KEY
 
@@ -154,6 +154,9 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
     from pipeline.receiver.ingest import run_live
 
     engine = make_engine(settings)
+    if not wait_for_database(engine, stop):
+        engine.dispose()
+        return 0
     migrate.upgrade(engine)
     try:
         # This receiver and its site, before any of its positions needs them.
