@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=("auto", "beast", "avr", "sbs"),
                    help="format of FILE (default: detected from its content)")
     p.add_argument("--start-time", help="ISO 8601 time of the file's first counter tick "
-                   "(Beast/AVR counters are relative); default: the file's modification time")
+                   "(Beast/AVR counters are relative); default: the file's modification time. "
+                   "With --live: the time of the receiver's counter 0, so that a receiver or "
+                   "simulator serving a past day stamps its positions with that day's times")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # -- flights and the worker ------------------------------------------------------------------

@@ -213,9 +213,20 @@ def ingest_command(settings: Settings, args) -> int:
     if args.file:
         log.error("ingest: give either a capture FILE or --live")
         return 2
+    start_time = None
+    if args.start_time:
+        # A receiver (or a simulator) serving a past day faster than real time: its 12 MHz
+        # counter, anchored here, stamps the positions instead of the receive time.
+        from pipeline.receiver.ingest import parse_start_time
+
+        try:
+            start_time = parse_start_time(args.start_time)
+        except ValueError as exc:
+            log.error("ingest: --start-time %r: %s", args.start_time, exc)
+            return 2
     stop = threading.Event()
     install_signal_handlers(stop)
-    return serve(settings, stop, worker=False)
+    return serve(settings, stop, worker=False, start_time=start_time)
 
 
 def worker_command(settings: Settings, args) -> int:

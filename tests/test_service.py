@@ -126,3 +126,48 @@ def test_status_summarises_the_database(settings, db_url):
     assert r.returncode == 0, r.stderr
     assert "no live ingest has reported" in r.stdout
     assert "0 open, 0 finished" in r.stdout and "none active" in r.stdout
+
+
+def _timed_positions(url: str) -> Counter:
+    conn = psycopg2.connect(url.replace("+psycopg2", ""))
+    with conn.cursor() as cur:
+        cur.execute("SELECT icao24, round(extract(epoch FROM time)::numeric, 3), "
+                    "round(latitude::numeric, 5), round(longitude::numeric, 5) FROM positions")
+        rows = Counter(cur.fetchall())
+    conn.close()
+    return rows
+
+
+def test_live_ingest_with_a_start_time_stamps_positions_on_the_receivers_counter(
+        databases, tmp_path):
+    """A receiver serving a past day (here the Paris capture, ~40× faster than recorded): with
+    ``--start-time`` the live ingest stamps each position with the receiver's counter anchored
+    there, exactly as a replay of the same bytes with the same start time does."""
+    data = need(PARIS_BEAST).read_bytes()[:400_000]
+    live_url, replay_url = databases.create(), databases.create()
+    server = BeastServer(chunks(data, per_second=400), speed=1.0, chunk_frames=50).start()
+    metrics_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", "--live",
+                             "--start-time", "2021-10-07T12:00:01Z"],
+                            env=service_env(live_url, tmp_path, server.port, metrics_port),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while server.bytes_sent < len(data) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.bytes_sent == len(data), "the service did not read the whole stream"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    stored = _timed_positions(live_url)
+    replayed_positions(data, replay_url, tmp_path)
+    expected = _timed_positions(replay_url)
+    assert sum(expected.values()) > 5_000
+    assert stored == expected
+    first = min(t for _, t, _, _ in stored)
+    assert 1633608001 <= first < 1633608001 + 60     # the capture's day, not today

@@ -384,6 +384,11 @@ def _alarms(now: dict) -> str:
 def _parse_start(start_time: str | float | dt.datetime | None, path: Path) -> float:
     if start_time is None:
         return path.stat().st_mtime
+    return parse_start_time(start_time)
+
+
+def parse_start_time(start_time: str | float | dt.datetime) -> float:
+    """Unix seconds of ``--start-time`` (ISO 8601, UTC unless it says otherwise)."""
     if isinstance(start_time, (int, float)):
         return float(start_time)
     if isinstance(start_time, str):
