@@ -93,6 +93,13 @@ class Worker:
         self.name = jobs.worker_name()
         self._child: subprocess.Popen | None = None
         self._child_lock = threading.Lock()
+        # Jobs this worker's consumers are running now (the only ones its heartbeat refreshes)
+        # and ends it could not record yet (retried before each claim).
+        self._jobs_lock = threading.Lock()
+        self._running_jobs: set[int] = set()
+        self._unrecorded: list[tuple[jobs.Job, bool, str | None, Any]] = []
+        self._record_lock = threading.Lock()
+        self._end_retrying = False
         self._scorer_missing = False
         self._deliverer: Any = None
 
@@ -142,6 +149,7 @@ class Worker:
         quiet_until = 0.0
         while not stop.is_set() and not self.stopping.is_set():
             try:
+                self.record_ends()
                 job = jobs.claim(self.engine, self.name, kinds)
             except sa.exc.SQLAlchemyError as e:
                 if time.monotonic() > quiet_until:      # one line a minute while it lasts
@@ -153,14 +161,43 @@ class Worker:
             if job is None:
                 stop.wait(poll_s)
                 continue
-            ok, result = self.run(job.kind, functools.partial(self.execute, job))
+            with self._jobs_lock:
+                self._running_jobs.add(job.id)
             try:
-                jobs.finish(self.engine, job, self.name, ok=ok, error=self.errors.get(job.kind),
-                            result=_summary(result))
-            except sa.exc.SQLAlchemyError as e:
-                # Left running: the heartbeat stops with this worker or the recovery takes it.
-                log.warning("job %d: cannot record its end (%s)", job.id,
-                            str(e).splitlines()[0][:200])
+                ok, result = self.run(job.kind, functools.partial(self.execute, job))
+            finally:
+                with self._jobs_lock:
+                    self._running_jobs.discard(job.id)
+            with self._jobs_lock:       # recorded at the top of the loop
+                self._unrecorded.append((job, ok, self.errors.get(job.kind), _summary(result)))
+
+    def record_ends(self) -> None:
+        """Record the ends of finished jobs, those a lost connection kept from being recorded
+        first. Raises if the database cannot be reached (they are retried next time).
+
+        Until its end is recorded a job holds its dedupe key, so no other job of its kind and
+        site can be queued: a flights job that failed as the server restarted once stopped
+        every flight pass of its site until the worker restarted. It is no longer beaten, so
+        if this worker never records its end, the recovery queues it again after the lease."""
+        with self._record_lock:         # both consumers call this: each end once
+            while True:
+                with self._jobs_lock:
+                    if not self._unrecorded:
+                        return
+                    job, ok, error, result = self._unrecorded[0]
+                try:
+                    jobs.finish(self.engine, job, self.name, ok=ok, error=error, result=result)
+                except sa.exc.SQLAlchemyError as e:
+                    if not self._end_retrying:
+                        log.warning("job %d: cannot record its end yet (%s); retrying", job.id,
+                                    str(e).splitlines()[0][:200])
+                        self._end_retrying = True
+                    raise
+                if self._end_retrying:
+                    log.info("job %d: end recorded", job.id)
+                    self._end_retrying = False
+                with self._jobs_lock:
+                    self._unrecorded.pop(0)
 
     def queue_work(self) -> int:
         """A flights and a score job for every site (none where one is pending)."""
@@ -174,7 +211,9 @@ class Worker:
     def tend_jobs(self) -> None:
         """This worker's heartbeat; jobs of workers that stopped beating back to the queue;
         old finished jobs pruned."""
-        jobs.heartbeat(self.engine, self.name)
+        with self._jobs_lock:
+            running = set(self._running_jobs)
+        jobs.heartbeat(self.engine, self.name, running)
         jobs.recover(self.engine, self.settings.job_lease_s)
         if time.monotonic() > getattr(self, "_next_prune", 0.0):
             jobs.prune(self.engine)

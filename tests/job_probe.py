@@ -17,10 +17,11 @@ def main() -> None:
     url, lease, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     engine = sa.create_engine(url)
     name = jobs.worker_name()
+    running: set[int] = set()
 
     def beat() -> None:
         while True:
-            jobs.heartbeat(engine, name)
+            jobs.heartbeat(engine, name, set(running))
             jobs.recover(engine, lease)
             time.sleep(lease / 6)
 
@@ -32,6 +33,7 @@ def main() -> None:
             time.sleep(0.05)
             continue
         idle_since = time.monotonic()
+        running.add(job.id)
         with engine.begin() as c:
             c.execute(sa.text("INSERT INTO probe_runs (job, worker, event) VALUES (:j, :w, 'start')"),
                       {"j": job.id, "w": name})
@@ -40,6 +42,7 @@ def main() -> None:
             c.execute(sa.text("INSERT INTO probe_runs (job, worker, event) VALUES (:j, :w, 'end')"),
                       {"j": job.id, "w": name})
         jobs.finish(engine, job, name, ok=True, result={"n": job.args["n"]})
+        running.discard(job.id)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ of several sites."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +127,103 @@ def test_periodic_jobs_never_pile_up_and_a_job_that_keeps_dying_fails(engine):
     assert jobs.claim(engine, "w9", ["flights"]) is None
     # A worker that lost its job to the recovery cannot record an end for it.
     assert not jobs.finish(engine, taken, f"w{jobs.MAX_ATTEMPTS}", ok=True)
+
+
+class _Server:
+    """An engine whose every connection goes through ``up``: the server 'restarts' when the
+    test clears it (new connections refused, as while PostgreSQL shuts down and recovers)."""
+
+    def __init__(self, db_url: str) -> None:
+        import psycopg2
+
+        self.up = threading.Event()
+        self.up.set()
+        url = sa.make_url(db_url)
+
+        def connect():
+            if not self.up.is_set():
+                raise psycopg2.OperationalError("the database system is shutting down")
+            return psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username,
+                                    dbname=url.database)
+
+        self.engine = sa.create_engine("postgresql+psycopg2://", creator=connect,
+                                       poolclass=sa.pool.NullPool)
+
+
+def _job_row(engine, job_id: int):
+    with engine.connect() as c:
+        return c.execute(sa.text("SELECT state, worker, attempts FROM jobs WHERE id = :i"),
+                         {"i": job_id}).one()
+
+
+def _site_and_worker(engine, settings, server: _Server, *, fail_at_end: bool):
+    from pipeline import scheduler
+
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "
+                          "VALUES ('s1', 48.9, 2.4, 121)"))
+
+    class Worker(scheduler.Worker):
+        def execute(self, job):
+            result = super().execute(job)
+            if fail_at_end:
+                server.up.clear()       # the pass is done; the server goes before its end
+            return result
+
+    return Worker(settings, server.engine)
+
+
+def test_a_job_whose_end_was_lost_in_a_restart_is_recorded_once_the_server_is_back(
+        engine, db_url, settings):
+    """A flights pass ends as the server restarts, so its end cannot be recorded. It must not
+    stay `running`: its dedupe key would block every later flights job of the site (seen in
+    the soak: no flight pass for 8 minutes, until the worker was restarted)."""
+    server = _Server(db_url)
+    worker = _site_and_worker(engine, settings, server, fail_at_end=True)
+    stop = threading.Event()
+    consumer = threading.Thread(target=worker.consume, args=(["flights"], stop, 0.05))
+    try:
+        assert jobs.enqueue_periodic(engine, "flights", ["s1"]) == 1
+        consumer.start()
+        deadline = time.monotonic() + 30
+        while server.up.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)                                    # the consumer tries and fails
+        with engine.connect() as c:
+            job_id = c.execute(sa.text("SELECT id FROM jobs WHERE kind = 'flights'")).scalar()
+        assert _job_row(engine, job_id).state == "running"  # end not recorded yet
+        server.up.set()                                    # the server is back
+        deadline = time.monotonic() + 10
+        while _job_row(engine, job_id).state == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tuple(_job_row(engine, job_id)) == ("done", worker.name, 1)
+        assert jobs.enqueue_periodic(engine, "flights", ["s1"]) == 1   # the next tick queues
+    finally:
+        stop.set()
+        server.up.set()
+        consumer.join(10)
+
+
+def test_the_heartbeat_keeps_only_jobs_in_progress_alive(engine, db_url, settings):
+    """A job whose end this worker never records (it stopped consuming) is not kept alive by
+    the worker's heartbeat: after the lease the recovery queues it again."""
+    server = _Server(db_url)
+    worker = _site_and_worker(engine, settings, server, fail_at_end=False)
+    worker.settings = dataclasses.replace(settings, job_lease_s=3.0)
+    assert jobs.enqueue_periodic(engine, "flights", ["s1"]) == 1
+    job = jobs.claim(engine, worker.name, ["flights"])
+    assert job is not None
+    worker._running_jobs.add(job.id)
+    worker.tend_jobs()
+    time.sleep(2.0)
+    worker.tend_jobs()                  # in progress: beaten, not recovered
+    assert _job_row(engine, job.id).state == "running"
+    worker._running_jobs.discard(job.id)     # over, its end unrecorded
+    deadline = time.monotonic() + 10
+    while _job_row(engine, job.id).state == "running" and time.monotonic() < deadline:
+        worker.tend_jobs()
+        time.sleep(0.5)
+    assert tuple(_job_row(engine, job.id)) == ("queued", None, 1)
 
 
 @pytest.mark.slow

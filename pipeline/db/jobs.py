@@ -7,8 +7,8 @@ database, claim jobs without double work or lost work.
 * **claim**: ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``: the oldest
   queued job of the kinds asked for becomes ``running`` under this worker's name, atomically;
   concurrent claimers skip the row instead of waiting for it.
-* **heartbeat**: while a job runs, its worker refreshes ``heartbeat_at`` every sixth of the
-  lease (``ADSB_JOB_LEASE_S``). The claim commits at once, so no transaction stays open during the job
+* **heartbeat**: while a job runs, its worker refreshes ``heartbeat_at`` of that job (not of
+  every row under its name) every sixth of the lease (``ADSB_JOB_LEASE_S``). The claim commits at once, so no transaction stays open during the job
   (a training runs for minutes to hours).
 * **recover**: any worker puts back a running job whose heartbeat is older than the lease
   (its worker was killed, froze, or lost its host); after :data:`MAX_ATTEMPTS` such losses the
@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,19 @@ def claim(engine: sa.Engine, worker: str, kinds: list[str]) -> Job | None:
     return None if row is None else Job(row.id, row.kind, row.site, dict(row.args), row.attempts)
 
 
-def heartbeat(engine: sa.Engine, worker: str) -> int:
-    """Refresh every job ``worker`` runs; returns how many."""
+def heartbeat(engine: sa.Engine, worker: str, job_ids: Collection[int]) -> int:
+    """Refresh the jobs ``worker`` is running now (``job_ids``); returns how many.
+
+    Only those: a job whose end could not be recorded (the database went away as it finished)
+    still reads ``running`` under this worker's name. Beating it would hold its dedupe key
+    forever, and no job of its kind and site could be queued again; unbeaten, the recovery
+    queues it again after the lease, if the worker has not recorded its end by then."""
+    if not job_ids:
+        return 0
     with engine.begin() as conn:
         return conn.execute(sa.text(
-            "UPDATE jobs SET heartbeat_at = now() WHERE worker = :w AND state = 'running'"),
-            {"w": worker}).rowcount
+            "UPDATE jobs SET heartbeat_at = now() WHERE worker = :w AND state = 'running' "
+            "AND id = ANY(:ids)"), {"w": worker, "ids": sorted(job_ids)}).rowcount
 
 
 def finish(engine: sa.Engine, job: Job, worker: str, *, ok: bool, error: str | None = None,
