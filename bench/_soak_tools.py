@@ -356,3 +356,32 @@ def parse_metrics(text: str, prefix: str = "adsb_ingest_") -> dict[str, float]:
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
+
+
+def flag_summary(rows: Iterable[tuple[str, int | None, bool]],
+                 flights: list[simulate.SimFlight],
+                 conditions: list[simulate.DayConditions]) -> list[dict]:
+    """Per simulated day: flights scored, ordinary ones flagged, simulated anomalies flagged,
+    the models that scored them and whether the day's runways were flipped (an easterly day: a
+    model that has seen only westerly days flags its approaches and departures).
+
+    ``rows``: (icao24, model_id, flagged) of every scored finished flight; each simulated
+    flight has its own address."""
+    truth = {f.icao24: f for f in flights}
+    days: list[dict] = [{"day": d, "scored": 0, "ordinary_flagged": 0, "ordinary": 0,
+                         "anomalies_flagged": 0, "anomalies": 0, "models": set(),
+                         "runways_flipped": list(c.runway_flipped)}
+                        for d, c in enumerate(conditions)]
+    for icao24, model_id, flagged in rows:
+        f = truth.get(icao24)
+        if f is None or f.day >= len(days):
+            continue
+        day = days[f.day]
+        day["scored"] += 1
+        day["models"].add(model_id)
+        kind = "anomalies" if f.label else "ordinary"
+        day[kind] += 1
+        day[f"{kind}_flagged"] += bool(flagged)
+    for day in days:
+        day["models"] = sorted(m for m in day["models"] if m is not None)
+    return days

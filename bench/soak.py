@@ -55,6 +55,7 @@ from _soak_tools import (  # noqa: E402
     SoakReceiver,
     children,
     cmdline,
+    flag_summary,
     frames,
     parse_metrics,
     proc_pss,
@@ -681,6 +682,10 @@ class Soak:
                                      "n_excluded", "epochs", "seconds", "threshold", "status",
                                      "reason", "activated_at")}
                            for row in c.execute(sa.text("SELECT * FROM models ORDER BY id"))]
+            r["flags_per_day"] = flag_summary(
+                q("SELECT icao24, model_id, flagged FROM flights WHERE state = 'finished' "
+                  "AND score IS NOT NULL"),
+                self.flights, simulate.day_conditions(a.days, seed=a.seed))
             r["job_runs"] = [tuple(str(x) for x in row) for row in q(
                 "SELECT job, runs, failures, last_ok, round(last_seconds::numeric, 2) "
                 "FROM job_runs ORDER BY job")]
@@ -758,7 +763,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retention-days", type=int, default=3)
     ap.add_argument("--tick-s", type=float, default=5.0, help="ADSB_WORKER_TICK_S")
-    ap.add_argument("--train-budget-s", type=float, default=45.0)
+    ap.add_argument("--train-budget-s", type=float, default=150.0,
+                    help="ADSB_TRAIN_BUDGET_S, wall seconds (one simulated night is 180 s)")
     ap.add_argument("--buffer-rows", type=int, default=40000, help="ADSB_BUFFER_MAX_ROWS")
     ap.add_argument("--journal-kib", type=int, default=3072, help="size of the journal's tmpfs")
     ap.add_argument("--outage-s", type=float, default=40.0,

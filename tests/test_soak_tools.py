@@ -22,6 +22,7 @@ from _soak_tools import (  # noqa: E402
     Series,
     SoakReceiver,
     children,
+    flag_summary,
     frames,
     is_position,
     parse_metrics,
@@ -156,3 +157,20 @@ def test_parse_metrics_reads_counters_and_gauges():
             "adsb_ingest_journal_errors_total 2.0\nadsb_database_up 1.0\n")
     assert parse_metrics(text) == {"rows_written": 1234.0, "write_lag_s": 0.5,
                                    "journal_errors": 2.0}
+
+
+def test_flag_summary_counts_each_day_against_the_simulated_truth():
+    flights = simulate.generate_days(2, 40, seed=3)
+    conditions = simulate.day_conditions(2, seed=3)
+    ordinary = [f for f in flights if not f.label]
+    odd = [f for f in flights if f.label]
+    assert odd, "the simulation has no anomaly to count"
+    rows = [(f.icao24, 1, i % 4 == 0) for i, f in enumerate(ordinary)]
+    rows += [(f.icao24, 2, True) for f in odd] + [("ffffff", 1, True)]   # not simulated
+    days = flag_summary(rows, flights, conditions)
+    assert [d["scored"] for d in days] == [sum(f.day == d for f in flights) for d in (0, 1)]
+    assert sum(d["ordinary_flagged"] for d in days) == (len(ordinary) + 3) // 4
+    assert sum(d["anomalies_flagged"] for d in days) == sum(d["anomalies"] for d in days) \
+        == len(odd)
+    assert {m for d in days for m in d["models"]} == {1, 2}
+    assert [d["runways_flipped"] for d in days] == [list(c.runway_flipped) for c in conditions]
