@@ -113,6 +113,11 @@ class Settings:
         1.8, "The screen never leaves out a flight below this tortuosity (path / end-to-end "
         "distance): an ordinary turn or a vectored approach is not a pattern.", minimum=1,
         maximum=100)
+    train_flagged_max_share: float = _setting(
+        0.05, "Flights the active model flagged are left out of training, but at most this "
+        "share of the window (those flagged by the widest margin): when it flags more, the "
+        "traffic has changed (the other runway in use, a new route) and the next model must "
+        "learn it, not leave it out for ever.", minimum=0, maximum=1)
     train_folds: int = _setting(3, "Cross-fitting folds: each flight of the window is scored by a "
                                 "fold model that never saw it (threshold), and the model is the "
                                 "ensemble of the fold models.", minimum=2, maximum=20)

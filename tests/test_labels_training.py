@@ -111,7 +111,8 @@ def test_verdicts_overrule_the_active_models_flags_and_the_screen(databases, jud
     assert sorted(excluded["judged_anomalous"]["flights"]) == sorted(
         [case["flagged_changed_mind"], case["ordinary_anomalous"], case["tortuous_anomalous"]])
     assert excluded["flagged_by_active"] == {"model_id": active,
-                                             "flights": [case["flagged_plain"]]}
+                                             "flights": [case["flagged_plain"]],
+                                             "flagged_but_trained_on": []}
     assert case["tortuous_plain"] in excluded["screened"]["flights"]
     assert not {case["tortuous_normal"], case["tortuous_anomalous"]} & set(
         excluded["screened"]["flights"])
@@ -201,3 +202,38 @@ def test_evaluate_as_deployed_judges_only_later_flights_with_a_verdict(trained):
     assert {later[-1], later[-2]} <= set(expected) and 0 < report.y.sum() < len(report.y)
     assert report.train_until == until and isinstance(until, dt.datetime)
     assert np.isfinite(report.rows[0].auc)
+
+
+def _window_flagged(margins: list[float], n: int) -> data.Window:
+    """A window of ``n`` ordinary flights (no images needed by the screen), the first
+    ``len(margins)`` flagged by the active model at those score / threshold ratios."""
+    start = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
+    flagged = np.arange(n) < len(margins)
+    margin = np.full(n, np.nan)
+    margin[:len(margins)] = margins
+    return data.Window(start, start + dt.timedelta(days=2), np.arange(100, 100 + n),
+                       [f"{i:06x}" for i in range(n)], None, flagged,  # type: ignore[arg-type]
+                       np.ones(n), np.full(n, np.datetime64("2026-11-23T12:00"), "datetime64[us]"),
+                       np.full(n, "", dtype=object), margin)
+
+
+def test_a_flagged_share_far_above_the_anomalies_is_trained_on(settings, caplog):
+    """The active model flagged 40 of 100 flights (a runway it never saw): only the 5 flagged by
+    the widest margin are left out, the other 35 are trained on, so the next model learns the
+    change instead of flagging it for ever. Under the cap every flagged flight is left out."""
+    settings = settings.replace(train_flagged_max_share=0.05)
+    margins = [1.0 + 0.1 * i for i in range(40)]
+    margins[3] = np.nan                  # flagged, but no ratio: left out first
+    window = _window_flagged(margins, 100)
+    keep, excluded, _ = train.screen(window, settings, False, 7)
+    left_out = excluded["flagged_by_active"]["flights"]
+    assert sorted(left_out) == [103, 136, 137, 138, 139]
+    assert len(excluded["flagged_by_active"]["flagged_but_trained_on"]) == 35
+    assert int(keep.sum()) == 95 and not keep[[3, 36, 37, 38, 39]].any()
+    assert "the traffic has changed" in caplog.text
+
+    window = _window_flagged([2.0, 1.5, 1.1], 100)
+    keep, excluded, _ = train.screen(window, settings, False, 7)
+    assert excluded["flagged_by_active"]["flights"] == [100, 101, 102]
+    assert excluded["flagged_by_active"]["flagged_but_trained_on"] == []
+    assert int(keep.sum()) == 97

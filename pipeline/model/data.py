@@ -131,6 +131,9 @@ class Window:
     tortuosity: np.ndarray
     first_seen: np.ndarray          # datetime64[us] UTC
     verdicts: np.ndarray | None = None
+    # score / threshold of the active model (NaN where it did not score the flight): of the
+    # flights it flagged, those flagged by the widest margin are left out first.
+    flag_margin: np.ndarray | None = None
 
     def verdict_is(self, verdict: str) -> np.ndarray:
         if self.verdicts is None:
@@ -166,7 +169,8 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
         start = end - dt.timedelta(days=settings.train_days)
         rows = conn.execute(sa.text("""
             SELECT f.id, f.icao24, f.image, coalesce(f.flagged AND f.model_id = :active, false),
-                   coalesce(f.tortuosity, 1), f.first_seen, coalesce(v.verdict, '')
+                   coalesce(f.tortuosity, 1), f.first_seen, coalesce(v.verdict, ''),
+                   CASE WHEN f.model_id = :active THEN f.score / nullif(f.threshold, 0) END
               FROM flights f
               LEFT JOIN flight_verdicts v ON v.icao24 = f.icao24 AND v.flight_id = f.id
              WHERE f.state = 'finished' AND f.image IS NOT NULL AND f.image_format = :format
@@ -182,14 +186,17 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
 
 def window_from_rows(start: dt.datetime, end: dt.datetime, rows: Sequence[Any]) -> Window:
     """The Window of the query's rows (id, icao24, image PNG, flagged, tortuosity, first_seen,
-    verdict); bench/memory.py builds its windows here too."""
+    verdict[, score / threshold of the active model]); bench/memory.py builds its windows here
+    too."""
     rows = sorted(rows, key=lambda r: r[0])   # a stable order: the folds depend on the seed
     return Window(start, end, np.array([r[0] for r in rows], dtype=np.int64),
                   [r[1] for r in rows], pack_pngs([r[2] for r in rows], raster.NCH),
                   np.array([bool(r[3]) for r in rows], dtype=bool),
                   np.array([r[4] for r in rows], dtype=np.float64),
                   np.array([r[5].replace(tzinfo=None) for r in rows], dtype="datetime64[us]"),
-                  np.array([r[6] for r in rows], dtype=object))
+                  np.array([r[6] for r in rows], dtype=object),
+                  np.array([np.nan if len(r) < 8 or r[7] is None else float(r[7]) for r in rows],
+                           dtype=np.float64))
 
 
 def folds(n: int, k: int, rng: np.random.Generator,
