@@ -256,10 +256,10 @@ class Worker:
             self._deliverer = Deliverer(self.settings, stopping=self.stopping)
         return self._deliverer.run(self.engine)
 
-    def train(self, site: str | None = None) -> int | None:
+    def train(self, site: str | None = None) -> int | str | None:
         """Train the model of ``site`` (default: this worker's own) in a child process; returns
-        its exit status (0), None when another training of the site runs (here or in another
-        worker), raises if it failed."""
+        its exit status (0), a string when it was refused for too few flights, None when
+        another training of the site runs (here or in another worker); raises if it failed."""
         site = site or self.settings.site_id
         with training_lock(self.engine, site) as held:
             if not held:
@@ -268,7 +268,7 @@ class Worker:
                 return None
             return self._train_child(site)
 
-    def _train_child(self, site: str) -> int:
+    def _train_child(self, site: str) -> int | str:
         env = parent.child_env(dict(os.environ))     # it ends if this worker is killed
         env.update(settings_env(self.settings, self.engine))
         env[config.env_name("site")] = site
@@ -290,6 +290,12 @@ class Worker:
             with self._child_lock:
                 self._child = None
         rc = child.wait()
+        from pipeline.model.train import EXIT_REFUSED
+
+        if rc == EXIT_REFUSED:
+            log.info("training of site %s: refused, not enough flights yet (the line above says "
+                     "how many); the next run tries again", site)
+            return "refused: not enough flights"
         if rc != 0:
             self._remove_partial_model(child.pid)
             raise JobFailed(f"training process exited with status {rc}" if rc > 0

@@ -4,6 +4,8 @@ failures, the training child, stopping cleanly."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -79,6 +81,9 @@ def test_training_child_gets_the_settings_and_its_failures_are_recorded(engine, 
     assert scheduler.Worker(settings, engine, check).run("train", lambda: None)[0]
     worker = scheduler.Worker(settings, engine, check)
     assert worker.run("train", worker.train) == (True, 0)
+    refused = scheduler.Worker(settings, engine, child("import sys; sys.exit(75)"))
+    assert refused.run("train", refused.train) == (True, "refused: not enough flights")
+    assert job_run(engine, "train")["last_ok"]        # too few flights yet: not a failure
     crash = scheduler.Worker(settings, engine, child("import sys; sys.exit(3)"))
     assert crash.run("train", crash.train) == (False, None)
     assert "exited with status 3" in job_run(engine, "train")["last_error"]
@@ -170,3 +175,16 @@ def test_process_command_fails_cleanly_without_database(final, capsys):
 def test_cron_weekdays_follow_crontab_not_apscheduler(expr, weekday):
     now = dt.datetime(2026, 1, 1, tzinfo=UTC)
     assert scheduler.cron_trigger(expr).get_next_fire_time(None, now).weekday() == weekday
+
+
+def test_train_on_too_few_flights_exits_with_the_refusal_status(settings):
+    """``adsb-pipeline train`` with too few flights says how many and exits with status 75
+    (EX_TEMPFAIL), which the worker records as a refusal, not as a failure."""
+    from pipeline.model.train import EXIT_REFUSED
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADSB_")}
+    env.update(scheduler.settings_env(settings, None))
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--quiet"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_REFUSED == 75, r.stderr[-2000:]
+    assert "training refused: only 0 finished flights of site default" in r.stderr

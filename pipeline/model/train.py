@@ -84,6 +84,12 @@ class TrainingRefused(RuntimeError):
     """Not enough data to train (the message says how much there is and how much is needed)."""
 
 
+# The exit status of ``adsb-pipeline train`` when it is refused (sysexits' EX_TEMPFAIL: try
+# again later). A young site's nightly training is refused until it has enough flights; the
+# worker records that as a refusal, not as a failure.
+EXIT_REFUSED = 75
+
+
 @dataclass
 class FitOutcome:
     model: Any
@@ -558,8 +564,8 @@ def command(settings: Settings, args) -> int:
         result = run_training(settings, seed=args.seed, plain=args.plain,
                               verbose=not args.quiet)
     except TrainingRefused as e:
-        log.error("training refused: %s", e)
-        return 1
+        log.warning("training refused: %s", e)
+        return EXIT_REFUSED
     print(f"model {result.version}: {result.status} ({result.reason}); val_loss "
           f"{result.val_loss:.5f}; lit-pixel recall where {result.recall[0]:.3f} shape "
           f"{result.recall[1]:.3f}, precision where {result.precision[0]:.3f} shape "
