@@ -102,6 +102,7 @@ class Worker:
         self._end_retrying = False
         self._scorer_missing = False
         self._deliverer: Any = None
+        self._log_quiet: dict[str, tuple[float, int]] = {}     # key: (next line at, held back)
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def run(self, job: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
@@ -116,7 +117,10 @@ class Worker:
         except Exception as e:     # the scheduler must outlive any job failure
             result, ok, error = None, False, f"{type(e).__name__}: {e}"
             self.failures[job] = self.failures.get(job, 0) + 1
-            log.error("job %s failed: %s", job, error.splitlines()[0][:500])
+            self._log_limited(f"failed:{job}", logging.ERROR, "job %s failed: %s", job,
+                              error.splitlines()[0][:500])
+        if ok and self._log_quiet.pop(f"failed:{job}", None) is not None:
+            log.info("job %s: ran again after failing", job)
         self.errors[job] = error
         secs = time.perf_counter() - started
         self._record(job, "UPDATE job_runs SET last_finished = now(), last_ok = :ok, "
@@ -130,8 +134,23 @@ class Worker:
             with self.engine.begin() as conn:
                 conn.execute(sa.text(sql), params)
         except Exception as e:
-            log.warning("job %s: cannot record the run in job_runs: %s", job,
-                        str(e).splitlines()[0][:200])
+            self._log_limited(f"record:{job}", logging.WARNING,
+                              "job %s: cannot record the run in job_runs: %s", job,
+                              str(e).splitlines()[0][:200])
+
+    def _log_limited(self, key: str, level: int, msg: str, *args: Any) -> None:
+        """One line a minute per ``key``, saying how many were held back: while the database
+        is away, each 5 s tick would otherwise log the same failure three times (17,000
+        lines in an overnight outage)."""
+        now = time.monotonic()
+        next_at, held = self._log_quiet.get(key, (0.0, 0))
+        if now < next_at:
+            self._log_quiet[key] = (next_at, held + 1)
+            return
+        if held:
+            msg += f" ({held} more like it in the last minute)"
+        log.log(level, msg, *args)
+        self._log_quiet[key] = (now + 60.0, 0)
 
     # ---- the queue ---------------------------------------------------------------------------
     def execute(self, job: jobs.Job) -> Any:

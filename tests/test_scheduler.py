@@ -74,6 +74,25 @@ def test_jobs_survive_an_unreachable_database(settings):
     assert not ok and worker.failures["retention"] == 1
 
 
+def test_a_database_that_stays_away_is_logged_once_a_minute_per_job(settings, caplog):
+    """Every tick of a long outage fails the same way: one line a minute per job, not three
+    a tick, and each failure is still counted."""
+    dead = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/none",
+                            connect_args={"connect_timeout": 2})
+    worker = scheduler.Worker(settings, dead)
+    for _ in range(5):
+        assert not worker.run("queue", worker.queue_work)[0]
+    assert worker.failures == {"queue": 5}
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("job queue failed") for m in lines) == 1
+    assert sum(m.startswith("job queue: cannot record the run") for m in lines) == 1
+    # The next minute's line says how many were held back.
+    worker._log_quiet = {k: (0.0, held) for k, (_, held) in worker._log_quiet.items()}
+    worker.run("queue", worker.queue_work)
+    failed = [m for m in (r.getMessage() for r in caplog.records) if m.startswith("job queue failed")]
+    assert len(failed) == 2 and failed[-1].endswith("(4 more like it in the last minute)")
+
+
 def test_training_child_gets_the_settings_and_its_failures_are_recorded(engine, settings):
     url = engine.url.render_as_string(hide_password=False)
     check = child("import os, sys; sys.exit(0 if os.environ['ADSB_DATABASE_URL'] == "
