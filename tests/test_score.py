@@ -10,22 +10,17 @@ import sqlalchemy as sa
 from PIL import Image
 
 import helpers_flights as hf
-from pipeline.model import score, train
+from pipeline.model import score
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(databases, tmp_path_factory):
-    """A database with simulated flights and an active model; each test works on a copy."""
-    url, tracks = hf.sim_database(databases, n_normal=100, n_anomalies=5)
-    data_dir = tmp_path_factory.mktemp("models")
-    settings = hf.model_settings(url, data_dir)
-    engine = sa.create_engine(url)
-    result = train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=60)
-    engine.dispose()
-    assert result.status == "active", result.reason
-    return url, data_dir, result
+def trained(sim_trained):
+    """The simulated site with its active model (one training shared by the suite, conftest);
+    each test works on a copy."""
+    assert sim_trained.result.status == "active", sim_trained.result.reason
+    return sim_trained.url, sim_trained.settings.data_dir, sim_trained.result
 
 
 @pytest.fixture
