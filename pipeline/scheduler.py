@@ -187,8 +187,13 @@ class Worker:
             finally:
                 with self._jobs_lock:
                     self._running_jobs.discard(job.id)
-            with self._jobs_lock:       # recorded at the top of the loop
+            with self._jobs_lock:
                 self._unrecorded.append((job, ok, self.errors.get(job.kind), _summary(result)))
+            with contextlib.suppress(sa.exc.SQLAlchemyError):   # else retried before the next claim
+                self.record_ends()
+        # Stopping: the last job's end too (a stop never leaves a finished job `running`).
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self.record_ends()
 
     def record_ends(self) -> None:
         """Record the ends of finished jobs, those a lost connection kept from being recorded

@@ -204,6 +204,30 @@ def test_a_job_whose_end_was_lost_in_a_restart_is_recorded_once_the_server_is_ba
         consumer.join(10)
 
 
+def test_a_worker_stopped_during_a_job_records_its_end(engine, db_url, settings):
+    """SIGTERM arrives while a pass runs: the consumer lets it finish and records its end
+    before it returns, so no finished job is left `running` (holding its site's key)."""
+    from pipeline import scheduler
+
+    with engine.begin() as c:
+        c.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "
+                          "VALUES ('s1', 48.9, 2.4, 121)"))
+    stop = threading.Event()
+
+    class Worker(scheduler.Worker):
+        def execute(self, job):
+            result = super().execute(job)
+            stop.set()                  # the stop comes as the pass ends
+            return result
+
+    worker = Worker(settings, engine)
+    assert jobs.enqueue_periodic(engine, "flights", ["s1"]) == 1
+    worker.consume(["flights"], stop, 0.05)          # returns once stopped
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT state FROM jobs WHERE kind = 'flights'")).all() == \
+            [("done",)]
+
+
 def test_the_heartbeat_keeps_only_jobs_in_progress_alive(engine, db_url, settings):
     """A job whose end this worker never records (it stopped consuming) is not kept alive by
     the worker's heartbeat: after the lease the recovery queues it again."""
