@@ -33,11 +33,15 @@ def chunks(data: bytes, per_second: float):
         yield i / CHUNK / per_second, data[i:i + CHUNK]
 
 
-def positions(url: str) -> Counter:
+def positions(url: str, timed: bool = False) -> Counter:
+    """Stored positions (icao24, lat, lon, altitude), or with ``timed`` (icao24, time to the
+    millisecond, lat, lon)."""
+    columns = ("icao24, round(extract(epoch FROM time)::numeric, 3), round(latitude::numeric, 5), "
+               "round(longitude::numeric, 5)" if timed else
+               "icao24, round(latitude::numeric, 5), round(longitude::numeric, 5), altitude")
     conn = psycopg2.connect(url.replace("+psycopg2", ""))
     with conn.cursor() as cur:
-        cur.execute("SELECT icao24, round(latitude::numeric, 5), round(longitude::numeric, 5), "
-                    "altitude FROM positions")
+        cur.execute(f"SELECT {columns} FROM positions")
         rows = Counter(cur.fetchall())
     conn.close()
     return rows
@@ -128,16 +132,6 @@ def test_status_summarises_the_database(settings, db_url):
     assert "0 open, 0 finished" in r.stdout and "none active" in r.stdout
 
 
-def _timed_positions(url: str) -> Counter:
-    conn = psycopg2.connect(url.replace("+psycopg2", ""))
-    with conn.cursor() as cur:
-        cur.execute("SELECT icao24, round(extract(epoch FROM time)::numeric, 3), "
-                    "round(latitude::numeric, 5), round(longitude::numeric, 5) FROM positions")
-        rows = Counter(cur.fetchall())
-    conn.close()
-    return rows
-
-
 def test_live_ingest_with_a_start_time_stamps_positions_on_the_receivers_counter(
         databases, tmp_path):
     """A receiver serving a past day (here the Paris capture, ~40× faster than recorded): with
@@ -164,9 +158,9 @@ def test_live_ingest_with_a_start_time_stamps_positions_on_the_receivers_counter
         if proc.poll() is None:
             proc.kill()
         server.stop()
-    stored = _timed_positions(live_url)
+    stored = positions(live_url, timed=True)
     replayed_positions(data, replay_url, tmp_path)
-    expected = _timed_positions(replay_url)
+    expected = positions(replay_url, timed=True)
     assert sum(expected.values()) > 5_000
     assert stored == expected
     first = min(t for _, t, _, _ in stored)
