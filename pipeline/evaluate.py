@@ -184,6 +184,7 @@ class Report:
     medians: tuple[float, float] = (float("nan"), float("nan"))
     by_kind: dict[str, list[Row]] | None = None
     train_until: dt.datetime | None = None
+    flag_rate: float | None = None          # the setting the threshold was set for
 
 
 def _rows(columns: dict[str, np.ndarray], y: np.ndarray, threshold: float | None,
@@ -245,7 +246,7 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
     cand = train.fit_candidate(window, settings, seed=seed, plain=plain, **fit_options)
     names = errors.groups(f.images.shape[-1])
     judged_errs = errors.group_errors(errors.errors_of(cand.model, f.images))
-    judged = cand.normaliser.channels(judged_errs)
+    judged = cand.normaliser.channels(judged_errs, f.tortuosity)
     kept = window.images[cand.keep]
     seen_errs = errors.group_errors(errors.errors_of(cand.model, kept))
     seen_y = _seen_labels(labels, window, cand.keep)
@@ -263,7 +264,7 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
                   cand.threshold, int(cand.keep.sum()),
                   med_unseen / med_seen if med_seen > 0 else float("nan"),
                   (med_unseen, med_seen), _by_kind(columns, y, labels.kinds_of(f.icao24)),
-                  train_until)
+                  train_until, settings.flag_rate)
 
 
 def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
@@ -292,7 +293,7 @@ def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
     errs = errors.errors_of(model, f.images, row.params.get("loss", errors.DEFAULT_LOSS),
                             row.params.get("pos_weight", errors.POS_WEIGHT))
     norm = errors.Normaliser.from_json(row.params["normaliser"])
-    ch = norm.channels(errors.group_errors(errs))
+    ch = norm.channels(errors.group_errors(errs), f.tortuosity)
     model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
     fit_images = every.images if since is None else load_flights(engine, until=since, site=site).images
     columns = {**model_cols, **_baseline_columns(fit_images, f)}
@@ -326,6 +327,31 @@ def _table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _beside_baselines(r: Report) -> list[str]:
+    """Each model group beside the best baseline, and that baseline's flags at the same
+    ordinary flag rate as the setting would allow (its threshold: the quantile of its scores on
+    the judged ordinary flights, which favours it: it is told the rate on the very flights)."""
+    base = [row for row in r.rows if not row.name.startswith("model")]
+    if not base or r.flag_rate is None:
+        return []
+    lines = [f"ordinary flag rate set to {r.flag_rate:.3f} (ADSB_FLAG_RATE); each model group "
+             "beside the best baseline by average precision, flagging as often:"]
+    by_ap = max(base, key=lambda row: np.nan_to_num(row.ap))
+    s = r.columns[by_ap.name]
+    ordinary = s[r.y == 0]
+    if ordinary.size:
+        t = float(np.quantile(np.nan_to_num(ordinary, nan=-np.inf), 1 - r.flag_rate))
+        rate, precision, recall = flag_figures(s, r.y, t)
+        lines.append(f"  {by_ap.name}: AUC {by_ap.auc:.3f} AP {by_ap.ap:.3f} ord flag "
+                     f"{rate:.3f} flag P {_fmt(precision).strip()} R {_fmt(recall).strip()}")
+    for row in r.rows:
+        if row.name.startswith("model"):
+            lines.append(f"  {row.name}: AUC {row.auc:.3f} AP {row.ap:.3f} ord flag "
+                         f"{_fmt(row.flag_rate).strip()} flag P {_fmt(row.precision).strip()} "
+                         f"R {_fmt(row.recall).strip()}")
+    return lines
+
+
 def format_report(r: Report) -> str:
     n1 = int(r.y.sum())
     lines = [f"{len(r.y)} flights judged, {n1} anomalous; model {r.version}; threshold "
@@ -343,6 +369,7 @@ def format_report(r: Report) -> str:
                key=lambda row: np.nan_to_num(row.auc), default=None)
     if best is not None:
         lines.append(f"best baseline by ROC AUC: {best.name} ({best.auc:.3f})")
+        lines += _beside_baselines(r)
     for kind, rows in (r.by_kind or {}).items():
         lines.append(f"\n{kind} only (against the ordinary flights):")
         lines += _table(rows)

@@ -130,6 +130,9 @@ def test_threshold_is_the_flag_rate_quantile_of_unseen_scores():
     # New flights drawn like the unseen ones are flagged at the rate the setting says.
     tomorrow = np.expm1(rng.normal(0.6, 0.5, 20000).clip(0))
     assert (tomorrow > t).mean() == pytest.approx(0.01, abs=0.003)
+    # Nearly every unseen score capped by the shape floor: the quantile is 0, the threshold not.
+    capped = np.r_[np.minimum(unseen[:990], 0.0), unseen[990:1000]]
+    assert errors.flag_threshold(capped, 0.01) == errors.MIN_THRESHOLD
 
 
 def test_screen_floor_keeps_ordinary_turns_and_still_screens_patterns():
@@ -198,3 +201,33 @@ def test_normaliser_scores_only_the_groups_it_was_told_to_and_survives_json():
     everything = errors.Normaliser.fit(errs)
     np.testing.assert_allclose(everything.score(errs), everything.channels(errs).max(axis=1))
     assert errors.Normaliser.from_json({"median": [0, 0], "scale": [1, 1]}).scored is None
+
+
+def test_a_nearly_straight_flight_cannot_flag_through_shape_but_can_through_where():
+    """The shape floor: below it a flight's shape score is capped at the median of unseen
+    flights (0); where and direction are untouched; unknown tortuosity is not capped; models
+    saved before the floor existed score as they did."""
+    rng = np.random.default_rng(5)
+    errs = rng.normal(1, 0.1, (300, 3))
+    norm = errors.Normaliser.fit(errs, None, 1.3)
+    assert errors.Normaliser.from_json(norm.to_json()) == norm
+    odd = np.array([[1.0, 9.0, 1.0],       # straight flight drawn badly in its own frame
+                    [1.0, 9.0, 1.0],       # the same errors, a pattern's tortuosity
+                    [9.0, 9.0, 1.0],       # straight, but off every route
+                    [1.0, 9.0, 1.0]])      # tortuosity unknown
+    tort = np.array([1.05, 2.5, 1.05, np.nan])
+    ch = norm.channels(odd, tort)
+    plain = norm.channels(odd)
+    assert ch[0, 1] == 0.0 and plain[0, 1] > 50
+    np.testing.assert_array_equal(ch[[1, 3]], plain[[1, 3]])
+    np.testing.assert_array_equal(ch[2, [0, 2]], plain[2, [0, 2]])
+    score = norm.score(odd, tort)
+    assert score[0] < 5 < min(score[1], score[2], score[3])
+    assert errors.Normaliser.top(norm, ch)[2] == 0            # carried by where
+    # A flight scored better than the median keeps its (negative) score: capped, not raised.
+    good = norm.channels(np.array([[1.0, 0.5, 1.0]]), np.array([1.0]))
+    assert good[0, 1] == norm.channels(np.array([[1.0, 0.5, 1.0]]))[0, 1] < 0
+    old = errors.Normaliser.from_json({"median": [1, 1, 1], "scale": [0.1, 0.1, 0.1]})
+    assert old.shape_min_tortuosity is None
+    np.testing.assert_array_equal(old.channels(odd, tort), old.channels(odd))
+    assert errors.Normaliser.fit(errs, None, 0.0).shape_min_tortuosity is None

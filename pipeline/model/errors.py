@@ -44,6 +44,9 @@ FOCAL_GAMMA = 2.0
 FOCAL_ALPHA = 0.9
 
 
+SHAPE_GROUP = 1                 # index of the shape group in groups()
+
+
 def groups(channels: int) -> tuple[str, ...]:
     """Names of the channel groups of images with ``channels`` channels."""
     return ("where", "shape", "direction") if channels > 2 else ("where", "shape")
@@ -107,25 +110,44 @@ class ReconstructionLoss(keras.losses.Loss):
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Per-group centre and scale of the errors of flights the model did not train on, and
-    which groups make up the score (all unless the window was too short for routes, see
-    train.py)."""
+    """Per-group centre and scale of the errors of flights the model did not train on, which
+    groups make up the score (all unless the window was too short for routes, see train.py),
+    and the tortuosity below which the *shape* group cannot raise a flag.
+
+    Why the floor: on real en-route traffic judged the afternoon after a 7-hour morning, every
+    false flag was carried by the shape group, and they were ordinary airliners with a smooth
+    bend (tortuosity 1.0-1.28) redrawn a pixel off the line; the patterns the shape group is
+    for (orbits, holdings, surveys, calibration, gliders climbing in thermals) fly a longer path
+    than their ends need. Below the floor a flight's shape score is capped at 0 (the median of
+    unseen ordinary flights): it ranks among the ordinary flights and never flags through
+    *shape*, while *where* and *direction* still flag a straight flight on the wrong route.
+    Measured in docs/model.md ("Calibration on real traffic")."""
 
     median: tuple[float, ...]
     scale: tuple[float, ...]
     scored: tuple[bool, ...] | None = None
+    shape_min_tortuosity: float | None = None
 
     @classmethod
-    def fit(cls, errors: np.ndarray, scored: tuple[bool, ...] | None = None) -> "Normaliser":
+    def fit(cls, errors: np.ndarray, scored: tuple[bool, ...] | None = None,
+            shape_min_tortuosity: float | None = None) -> "Normaliser":
         med = np.median(errors, axis=0)
         mad = np.median(np.abs(errors - med), axis=0) * 1.4826
         # A channel every training flight reconstructs equally well must not divide by zero.
         scale = np.maximum(mad, 1e-6 + 1e-3 * np.abs(med))
-        return cls(tuple(map(float, med)), tuple(map(float, scale)), scored)
+        return cls(tuple(map(float, med)), tuple(map(float, scale)), scored,
+                   shape_min_tortuosity or None)
 
-    def channels(self, errors: np.ndarray) -> np.ndarray:
-        """(n, groups) normalised group scores of (n, groups) group errors."""
-        return (np.asarray(errors, dtype=np.float64) - np.array(self.median)) / np.array(self.scale)
+    def channels(self, errors: np.ndarray, tortuosity: np.ndarray | None = None) -> np.ndarray:
+        """(n, groups) normalised group scores of (n, groups) group errors; with the flights'
+        ``tortuosity``, the shape score of flights below the floor is capped at 0 (a flight
+        whose tortuosity is unknown is not capped)."""
+        ch = (np.asarray(errors, dtype=np.float64) - np.array(self.median)) / np.array(self.scale)
+        if self.shape_min_tortuosity and tortuosity is not None and len(ch):
+            straight = np.asarray(tortuosity, dtype=np.float64) < self.shape_min_tortuosity
+            ch[:, SHAPE_GROUP] = np.where(straight, np.minimum(ch[:, SHAPE_GROUP], 0.0),
+                                          ch[:, SHAPE_GROUP])
+        return ch
 
     def mask(self, groups: int) -> np.ndarray:
         return np.array(self.scored if self.scored is not None else (True,) * groups)
@@ -138,25 +160,35 @@ class Normaliser:
         """Index of the group that carried each score."""
         return np.where(self.mask(channels.shape[1]), channels, -np.inf).argmax(axis=1)
 
-    def score(self, errors: np.ndarray) -> np.ndarray:
-        return self.combine(self.channels(errors))
+    def score(self, errors: np.ndarray, tortuosity: np.ndarray | None = None) -> np.ndarray:
+        return self.combine(self.channels(errors, tortuosity))
 
     def to_json(self) -> dict:
-        out = {"median": list(self.median), "scale": list(self.scale)}
+        out: dict[str, Any] = {"median": list(self.median), "scale": list(self.scale)}
         if self.scored is not None:
             out["scored"] = list(self.scored)
+        if self.shape_min_tortuosity:
+            out["shape_min_tortuosity"] = self.shape_min_tortuosity
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> "Normaliser":
         scored = data.get("scored")
         return cls(tuple(data["median"]), tuple(data["scale"]),
-                   tuple(bool(v) for v in scored) if scored is not None else None)
+                   tuple(bool(v) for v in scored) if scored is not None else None,
+                   data.get("shape_min_tortuosity"))
 
 
 def threshold(scores: np.ndarray, quantile: float) -> float:
     """A quantile of scores."""
     return float(np.quantile(np.asarray(scores, dtype=np.float64), quantile))
+
+
+# A flag needs a score this many robust spreads above the median of unseen flights, whatever
+# the quantile says: where nearly every out-of-fold score is capped by the shape floor (a site
+# of straight en-route traffic), the quantile itself falls to 0, and a flight just above the
+# median would be flagged.
+MIN_THRESHOLD = 3.0
 
 
 def flag_threshold(unseen_scores: np.ndarray, flag_rate: float) -> float:
@@ -169,7 +201,7 @@ def flag_threshold(unseen_scores: np.ndarray, flag_rate: float) -> float:
     ordinary traffic. The out-of-fold scores are distributed like the scores of tomorrow's
     flights, so the share of ordinary flights flagged is what the setting says (a little less:
     the deployed ensemble averages its members' errors, which narrows the tail)."""
-    return threshold(unseen_scores, 1.0 - flag_rate)
+    return max(threshold(unseen_scores, 1.0 - flag_rate), MIN_THRESHOLD)
 
 
 def members(model: keras.Model) -> list[keras.Model]:

@@ -97,7 +97,7 @@ def reconstruction_png(probs: np.ndarray) -> bytes:
 
 
 _PENDING = sa.text("""
-    SELECT id, image FROM flights
+    SELECT id, image, coalesce(tortuosity, 'NaN') FROM flights
      WHERE state = 'finished' AND image IS NOT NULL AND image_format = :format AND site = :site
        AND (model_id IS NULL
             OR (model_id <> :model AND last_seen >= :since)
@@ -169,7 +169,7 @@ class Scored:
     reconstructions: list[bytes | None]
 
 
-def compute(s: Scorer, images: np.ndarray) -> Scored:
+def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None) -> Scored:
     """Scores of uint8 images (n, 64, 64, C); no database. The forward pass over the batch
     computes errors only; the probabilities (160 KB a flight as float32, per ensemble member
     while they are summed) are computed again for the flagged flights alone, the only ones whose
@@ -181,7 +181,7 @@ def compute(s: Scorer, images: np.ndarray) -> Scored:
     row = s.model
     n = len(images)
     errs, _ = s.forward(tf.convert_to_tensor(images, tf.float32))
-    ch = s.normaliser.channels(errors.group_errors(errs.numpy()))
+    ch = s.normaliser.channels(errors.group_errors(errs.numpy()), tortuosity)
     scores = s.normaliser.combine(ch)
     flags = scores > row.threshold
     names = errors.groups(s.channels)
@@ -203,10 +203,11 @@ def compute(s: Scorer, images: np.ndarray) -> Scored:
 
 
 def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndarray,
-                 bad: list[int], settings: Settings | None = None) -> None:
+                 bad: list[int], settings: Settings | None = None,
+                 tortuosity: np.ndarray | None = None) -> None:
     row = s.model
     if ids:
-        out = compute(s, images)
+        out = compute(s, images, tortuosity)
         ch = out.channels
         hit = np.flatnonzero(out.flags)
         params = {"model": row.id, "threshold": row.threshold, "ids": ids,
@@ -274,8 +275,10 @@ def score_pending(engine: sa.Engine, settings: Settings, *, site: str | None = N
                                            "format": s.image_format, "site": site}).all()
             if not rows:
                 break
-            ids, images, bad = _decode(rows, s.channels)
-            _score_batch(conn, s, ids, images, bad, settings)
+            ids, images, bad = _decode([r[:2] for r in rows], s.channels)
+            tort = {int(r[0]): float(r[2]) for r in rows}
+            _score_batch(conn, s, ids, images, bad, settings,
+                         np.array([tort[int(i)] for i in ids], dtype=np.float64))
         total += len(ids)
         bad_total += len(bad)
         if time.monotonic() - last_log > PROGRESS_EVERY_S:

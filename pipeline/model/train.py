@@ -316,8 +316,8 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
         log.warning("the window spans %.1f h of traffic (< ADSB_ROUTES_MIN_HOURS %g): only the "
                     "shape channel raises flags; where and direction join once it spans more",
                     span_h, settings.routes_min_hours)
-    norm = errors.Normaliser.fit(groups, scored)
-    oof_scores = norm.score(groups)
+    norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity)
+    oof_scores = norm.score(groups, window.tortuosity[keep])
     thr = errors.flag_threshold(oof_scores, settings.flag_rate)
     lit = data.lit_pixels(window.images)[keep]
     rho = errors.spearman(oof_scores, lit)
