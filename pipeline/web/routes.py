@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -22,10 +22,8 @@ from pipeline.flights import show
 from pipeline.flights.clock import data_clock
 from pipeline.report import heat
 from pipeline.web import airports, pictures, plots, queries as q, track
+from pipeline.web.context import WebContext
 from pipeline.web.security import CSRF_COOKIE, WRITE_COOKIE
-
-if TYPE_CHECKING:
-    from pipeline.web.app import WebContext
 
 log = logging.getLogger(__name__)
 
