@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=50, help="at most this many flights")
     p.add_argument("--out", required=True, help="directory to write index.html and PNGs to")
     command("status", "pipeline.status:status_command", "print a summary of the service's state")
-    command("web", "pipeline.web.server:command",
+    command("web", "pipeline.service:web_command",
             "serve only the web pages (flags, flights, models, verdicts) on "
             "ADSB_WEB_HOST:ADSB_WEB_PORT; `run` and `worker` serve them too")
 
