@@ -1,5 +1,5 @@
 """Serving the pages: uvicorn in a thread of the service (``run``, ``worker``), or alone
-(``adsb-pipeline web``, :func:`pipeline.service.web_command`).
+(``adsb-pipeline web``, :func:`pipeline.service.serve.web_command`).
 
 The socket is bound here, before uvicorn starts, so a port already in use is an ``OSError`` the
 caller reports at once (uvicorn would only log it from its thread and exit that thread).
@@ -113,7 +113,7 @@ def writes(server: WebServer) -> str:
 
 def serve_until(settings: Settings, engine: sa.Engine, stop: threading.Event) -> int:
     """Only the pages, on ``engine``, until ``stop`` is set; the exit status of ``adsb-pipeline
-    web`` (:func:`pipeline.service.web_command` owns the signals, the engine and the
+    web`` (:func:`pipeline.service.serve.web_command` owns the signals, the engine and the
     migrations)."""
     try:
         server = WebServer(create_app(settings, engine), settings.web_host,

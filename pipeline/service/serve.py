@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 from pipeline.config import Settings
 from pipeline.db import migrate, sites
 from pipeline.db.engine import make_engine, wait_for_database
-from pipeline.metrics import DatabaseCollector, IngestCollector, MetricsServer
-from pipeline.status import INGEST_STATE_KEY
+from pipeline.db.state import INGEST_STATE_KEY
+from pipeline.service.metrics import DatabaseCollector, IngestCollector, MetricsServer
 
 if TYPE_CHECKING:
     from pipeline.receiver.ingest import IngestStats
@@ -174,7 +174,7 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
         threads.append(_thread("heartbeat", lambda: _heartbeat_loop(engine, settings, holder, stop),
                                stop))
     if worker:
-        from pipeline.scheduler import run_worker
+        from pipeline.service.scheduler import run_worker
 
         threads.append(_thread("worker", lambda: run_worker(settings, stop, engine=engine), stop))
     metrics = _metrics(settings, engine, holder,
