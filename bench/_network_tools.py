@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import simulate
-from pipeline.beast_server import BeastServer
 from pipeline.geo import to_local_km
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame
+from pipeline.service.beast_server import BeastServer
 
 # Bits of the per-message "heard by" mask are receivers: an int64 holds up to 63.
 MAX_RECEIVERS = 63

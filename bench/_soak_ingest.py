@@ -11,7 +11,7 @@ import threading
 
 from pipeline import config
 from pipeline.cli import setup_logging
-from pipeline.service import install_signal_handlers, serve
+from pipeline.service.serve import install_signal_handlers, serve
 
 
 def main() -> int:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
 
     # -- ingest ------------------------------------------------------------------------------
-    p = command("ingest", "pipeline.service:ingest_command",
+    p = command("ingest", "pipeline.service.serve:ingest_command",
                 "store positions from a live receiver (--live) or a capture file")
     p.add_argument("file", nargs="?", help="capture file to replay (Beast, AVR or SBS)")
     p.add_argument("--live", action="store_true",
@@ -62,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # -- flights and the worker ------------------------------------------------------------------
-    p = command("process", "pipeline.scheduler:process_command",
+    p = command("process", "pipeline.service.scheduler:process_command",
                 "one pass of the worker's jobs: close finished flights, rasterize, score")
     p.add_argument("--final", action="store_true",
                    help="close every open flight (end of a replay)")
     p.add_argument("--no-score", action="store_true", help="skip scoring")
-    command("worker", "pipeline.service:worker_command",
+    command("worker", "pipeline.service.serve:worker_command",
             "run the scheduler: rasterize and score every minute, train daily, retention")
     p = command("show", "pipeline.flights.show:command",
                 "write an enlarged, labelled picture of one flight's track image")
@@ -126,20 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # -- results -----------------------------------------------------------------------------
-    p = command("report", "pipeline.report:command",
+    p = command("report", "pipeline.web.report:command",
                 "write an HTML page with pictures of the flagged flights")
     p.add_argument("--since", default="24h", help="how far back (data clock), e.g. 24h, 7d")
     p.add_argument("--top", type=int, default=50, help="at most this many flights")
     p.add_argument("--out", required=True, help="directory to write index.html and PNGs to")
-    command("status", "pipeline.status:status_command", "print a summary of the service's state")
-    command("web", "pipeline.web.server:command",
+    command("status", "pipeline.service.status:status_command", "print a summary of the service's state")
+    command("web", "pipeline.service.serve:web_command",
             "serve only the web pages (flags, flights, models, verdicts) on "
             "ADSB_WEB_HOST:ADSB_WEB_PORT; `run` and `worker` serve them too")
 
     # -- service -----------------------------------------------------------------------------
-    command("run", "pipeline.service:run_command",
+    command("run", "pipeline.service.serve:run_command",
             "the whole service: live ingest plus the worker's scheduler")
-    p = command("demo", "pipeline.demo:command",
+    p = command("demo", "pipeline.service.demo:command",
                 "simulated receiver + embedded database + the real service, end to end")
     p.add_argument("--forever", action="store_true", help="keep running after the first results")
     p.add_argument("--flights", type=int, default=300, help="ordinary flights in the simulated window")

@@ -278,7 +278,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(ENV, default, meaning) for every setting: the README's configuration table."""
+    """(ENV, default, meaning) for every setting: the table of docs/configuration.md."""
     rows = []
     for f in fields(Settings):
         default = f.default if f.default is not None else "(unset)"

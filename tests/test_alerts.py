@@ -24,9 +24,9 @@ import yaml
 import helpers_flights as hf
 from pipeline.alerts import delivery, message, outbox, sinks
 from pipeline.db.engine import plain_url
-from pipeline.metrics import DatabaseCollector
 from pipeline.model import score, train
-from pipeline.scheduler import ALERT_TICK_S, Worker, build_scheduler
+from pipeline.service.metrics import DatabaseCollector
+from pipeline.service.scheduler import ALERT_TICK_S, Worker, build_scheduler
 
 pytestmark = pytest.mark.slow
 

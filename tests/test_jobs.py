@@ -157,7 +157,7 @@ def _job_row(engine, job_id: int):
 
 
 def _site_and_worker(engine, settings, server: _Server, *, fail_at_end: bool):
-    from pipeline import scheduler
+    from pipeline.service import scheduler
 
     with engine.begin() as c:
         c.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "
@@ -207,7 +207,7 @@ def test_a_job_whose_end_was_lost_in_a_restart_is_recorded_once_the_server_is_ba
 def test_a_worker_stopped_during_a_job_records_its_end(engine, db_url, settings):
     """SIGTERM arrives while a pass runs: the consumer lets it finish and records its end
     before it returns, so no finished job is left `running` (holding its site's key)."""
-    from pipeline import scheduler
+    from pipeline.service import scheduler
 
     with engine.begin() as c:
         c.execute(sa.text("INSERT INTO sites (id, latitude, longitude, range_km) "

@@ -15,11 +15,12 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from pipeline import report, scheduler
 from pipeline.db import partitions
 from pipeline.flights import raster, store
 from pipeline.flights.clock import data_clock
 from pipeline.model import score
+from pipeline.service import scheduler
+from pipeline.web import report
 
 UTC = dt.timezone.utc
 DAYS = 60

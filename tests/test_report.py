@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from PIL import Image
 
 import flagged_data
-from pipeline import cli, report
+from pipeline import cli
+from pipeline.web import report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -104,7 +105,7 @@ def test_unreadable_image_is_reported_and_the_rest_still_drawn(db_url, engine, t
     with engine.begin() as c:
         c.execute(sa.text("UPDATE flights SET image = 'not a png' WHERE id = :id"), {"id": bad.id})
     out = tmp_path / "report"
-    with caplog.at_level(logging.WARNING, logger="pipeline.report"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.web.report"):
         assert run_report(db_url, out) == 0
     page = (out / "index.html").read_text()
     assert callsigns_in(page) == RECENT_FLAGGED

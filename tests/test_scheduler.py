@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from helpers_positions import UTC, copy_positions, track
-from pipeline import cli, scheduler
+from pipeline import cli
 from pipeline.flights import store
+from pipeline.service import scheduler
 
 T0 = dt.datetime(2021, 10, 7, 12, 0, tzinfo=UTC)
 

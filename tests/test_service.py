@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from conftest import PARIS_BEAST, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
-from pipeline.beast_server import BeastServer
+from pipeline.service.beast_server import BeastServer
 
 CHUNK = 4096
 

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 import helpers_flights as hf
-from pipeline import scheduler
 from pipeline.model import registry, score, train
+from pipeline.service import scheduler
 
 pytestmark = pytest.mark.slow
 

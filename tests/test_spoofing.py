@@ -25,12 +25,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from conftest import PARIS_LAT, PARIS_LON, PARIS_RANGE_KM
 from helpers_positions import UTC, copy_positions, track
 from pipeline import simulate
-from pipeline.beast_server import BeastServer
 from pipeline.flights import segment, store
-from pipeline.metrics import IngestCollector
 from pipeline.receiver import decode
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame
 from pipeline.receiver.ingest import IngestStats, ingest_file, run_live, status_line
+from pipeline.service.beast_server import BeastServer
+from pipeline.service.metrics import IngestCollector
 
 N_GHOSTS = 10_000
 GHOST_FRAMES = 6            # a handful of position frames each, one a second

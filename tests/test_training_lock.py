@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipeline import scheduler
+from pipeline.service import scheduler
 
 # A training child that runs until the file named by its argument exists (30 s at most).
 WAIT_FOR_FILE = ("import os, sys, time\n"
@@ -28,7 +28,8 @@ MARK = "import sys, pathlib; pathlib.Path(sys.argv[1]).touch()"
 WORKER = """
 import sys
 import sqlalchemy as sa
-from pipeline import config, scheduler
+from pipeline import config
+from pipeline.service import scheduler
 settings = config.load({}, {"database_url": sys.argv[1], "data_dir": sys.argv[2]})
 worker = scheduler.Worker(settings, sa.create_engine(sys.argv[1]),
                           train_command=[sys.executable, "-c", "import time; time.sleep(60)"])
@@ -144,7 +145,8 @@ def test_a_killed_worker_releases_the_lock(settings, db_url, engine, tmp_path):
 WORKER_WITH_CHILD = """
 import sys
 import sqlalchemy as sa
-from pipeline import config, scheduler
+from pipeline import config
+from pipeline.service import scheduler
 child = ("import os, sys, time, pathlib\\n"
          "from pipeline import parent\\n"
          "parent.die_with_parent()\\n"

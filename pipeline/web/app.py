@@ -1,14 +1,14 @@
 """The Starlette application of the web pages: routes, templates, static files, headers.
 
 :func:`create_app` takes the settings and an engine (the service's own, so the pages and the
-worker share one pool); everything a request needs hangs off ``app.state.web``.
+worker share one pool); everything a request needs hangs off ``app.state.web``, a
+:class:`~pipeline.web.context.WebContext`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import pipeline.web.routes as routes
 from pipeline.config import Settings
-from pipeline.web.security import CSRF_COOKIE, WritePolicy
+from pipeline.web.context import WebContext
+from pipeline.web.security import WritePolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +43,6 @@ HEADERS = [(b"content-security-policy", CSP.encode()),
            (b"x-frame-options", b"DENY"),
            # OpenStreetMap's tile policy asks for a Referer; the origin is all it gets.
            (b"referrer-policy", b"strict-origin-when-cross-origin")]
-
-
-@dataclass
-class WebContext:
-    settings: Settings
-    engine: sa.Engine
-    policy: WritePolicy
-    templates: Jinja2Templates
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    def render(self, request: Request, name: str, context: dict[str, Any],
-               status_code: int = 200) -> Response:
-        """A page, with the CSRF proof for its forms (and the nonce cookie, on a first visit)."""
-        nonce = request.cookies.get(CSRF_COOKIE) or self.policy.new_nonce()
-        context = {**context, "csrf": self.policy.csrf_proof(nonce), "policy": self.policy,
-                   "settings": self.settings, "path": request.url.path}
-        response = self.templates.TemplateResponse(request, name, context,
-                                                   status_code=status_code)
-        if request.cookies.get(CSRF_COOKIE) != nonce:
-            response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="strict",
-                                secure=request.url.scheme == "https", path="/")
-        return response
 
 
 class SecurityHeaders:

@@ -1,7 +1,7 @@
 """PNG pictures of a flight's track image for the pages: a small thumbnail (where and shape) and
 one panel per channel and kind (original, reconstruction, error).
 
-They use the report's fixed scales (:mod:`pipeline.report`): grey 0 = black .. 1 = white for
+They use the report's fixed scales (:mod:`pipeline.web.report`): grey 0 = black .. 1 = white for
 original and reconstruction, the error ramp for |original - reconstruction|, the compass colours
 for the direction channels taken together; nothing is stretched to its own range, so a faint
 reconstruction looks faint.
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.flights import raster, show
-from pipeline.report import decode_reconstruction, grey, heat
+from pipeline.web.report import decode_reconstruction, grey, heat
 
 KINDS = ("original", "reconstruction", "error")
 # The direction channels together (colour = heading), then each channel alone.

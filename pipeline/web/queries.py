@@ -29,8 +29,8 @@ from pipeline.db.schema import (
     position_days,
     positions,
 )
+from pipeline.db.state import INGEST_STATE_KEY
 from pipeline.flights.store import FLIGHT_POSITIONS_SQL
-from pipeline.status import INGEST_STATE_KEY
 
 F, S, M, L = flights, flight_scores, models, flight_labels
 VERDICTS = ("normal", "anomalous")
@@ -59,7 +59,7 @@ class Heartbeat:
 
 
 def heartbeat(conn: sa.Connection, receiver_id: str) -> Heartbeat | None:
-    """The row the live ingest writes every 15 s (pipeline.service)."""
+    """The row the live ingest writes every 15 s (pipeline.service.serve)."""
     row = conn.execute(sa.select(pipeline_state.c.value, pipeline_state.c.updated_at).where(
         pipeline_state.c.key == INGEST_STATE_KEY.format(receiver_id=receiver_id))).first()
     if row is None:

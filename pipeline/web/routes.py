@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -20,12 +20,10 @@ from starlette.responses import RedirectResponse, Response
 
 from pipeline.flights import show
 from pipeline.flights.clock import data_clock
-from pipeline.report import heat
 from pipeline.web import airports, pictures, plots, queries as q, track
+from pipeline.web.context import WebContext
+from pipeline.web.report import heat
 from pipeline.web.security import CSRF_COOKIE, WRITE_COOKIE
-
-if TYPE_CHECKING:
-    from pipeline.web.app import WebContext
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ _ICAO = re.compile(r"^[0-9a-fA-F]{6}$")
 # The direction pictures' colours (pipeline.flights.show), for the legend under them.
 COMPASS = [(name, "#%02x%02x%02x" % tuple(int(v) for v in rgb))
            for name, rgb in zip(show.COMPASS, show.SECTOR_RGB)]
-# The error pictures' colour ramp (pipeline.report.heat), as gradient stops for its legend.
+# The error pictures' colour ramp (pipeline.web.report.heat), as gradient stops for its legend.
 HEAT = [(f"{v:g}", "#%02x%02x%02x" % tuple(int(c) for c in heat(np.array(v))))
         for v in np.linspace(0.0, 1.0, 9)]
 

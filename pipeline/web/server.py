@@ -1,5 +1,5 @@
 """Serving the pages: uvicorn in a thread of the service (``run``, ``worker``), or alone
-(``adsb-pipeline web``).
+(``adsb-pipeline web``, :func:`pipeline.service.serve.web_command`).
 
 The socket is bound here, before uvicorn starts, so a port already in use is an ``OSError`` the
 caller reports at once (uvicorn would only log it from its thread and exit that thread).
@@ -111,34 +111,22 @@ def writes(server: WebServer) -> str:
     return "from this machine" if p.loopback else "refused: no ADSB_WEB_TOKEN"
 
 
-def command(settings: Settings, args) -> int:
-    """``adsb-pipeline web``: only the pages, until SIGINT/SIGTERM."""
-    from pipeline.db import migrate
-    from pipeline.db.engine import make_engine
-    from pipeline.service import install_signal_handlers
-
-    if settings.web_port == 0:
-        log.error("web: ADSB_WEB_PORT is 0 (pages disabled); give a port, e.g. --web-port 8760")
-        return 2
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    engine = make_engine(settings)
+def serve_until(settings: Settings, engine: sa.Engine, stop: threading.Event) -> int:
+    """Only the pages, on ``engine``, until ``stop`` is set; the exit status of ``adsb-pipeline
+    web`` (:func:`pipeline.service.serve.web_command` owns the signals, the engine and the
+    migrations)."""
     try:
-        migrate.upgrade(engine)
-        try:
-            server = WebServer(create_app(settings, engine), settings.web_host,
-                               settings.web_port).start()
-        except (OSError, RuntimeError) as e:
-            log.error("web: cannot serve on %s:%d: %s", settings.web_host, settings.web_port, e)
-            return 1
-        log.info("web pages on %s (writes: %s); Ctrl-C stops", server.url, writes(server))
-        print(f"serving {server.url}", flush=True)
-        try:
-            while not stop.wait(0.5):
-                if server.failed is not None:
-                    return 1
-        finally:
-            server.stop()
+        server = WebServer(create_app(settings, engine), settings.web_host,
+                           settings.web_port).start()
+    except (OSError, RuntimeError) as e:
+        log.error("web: cannot serve on %s:%d: %s", settings.web_host, settings.web_port, e)
+        return 1
+    log.info("web pages on %s (writes: %s); Ctrl-C stops", server.url, writes(server))
+    print(f"serving {server.url}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if server.failed is not None:
+                return 1
     finally:
-        engine.dispose()
+        server.stop()
     return 0

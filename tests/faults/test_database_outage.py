@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from conftest import PARIS_BEAST, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
 from pipeline import config
-from pipeline.beast_server import BeastServer
 from pipeline.db import migrate
 from pipeline.receiver.ingest import IngestStats, run_live
+from pipeline.service.beast_server import BeastServer
 from test_service import chunks
 
 OUTAGE_S = 30.0

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import PARIS_BEAST, need
-from pipeline.beast_server import BeastServer
+from pipeline.service.beast_server import BeastServer
 from test_service import chunks, free_port, get, positions, replayed_positions, service_env
 
 BATCH_ROWS = 2000

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 import helpers_flights as hf
-from pipeline import scheduler
+from pipeline.service import scheduler
 
 KILL_AT = {
     "fit": '''
@@ -73,7 +73,7 @@ def test_sigkill_of_the_trainer_keeps_the_previous_model(point, databases, tmp_p
     previous = activate_previous_model(engine, settings)
     before = sorted(p.name for p in settings.models_path.iterdir())
 
-    caplog.set_level("WARNING", logger="pipeline.scheduler")
+    caplog.set_level("WARNING", logger="pipeline.service.scheduler")
     worker = scheduler.Worker(settings, engine, killed_trainer(point))
     assert worker.run("train", worker.train) == (False, None)
 

@@ -1,10 +1,10 @@
-"""The long-running service: ``run`` (ingest + worker), ``ingest --live``, ``worker``.
+"""The long-running service: ``run`` (ingest + worker), ``ingest --live``, ``worker``, ``web``.
 
 Signals: SIGTERM/SIGINT set one stop event; ingest stops reading, flushes buffered rows (or
 journals them if the database is away) and the worker abandons its job cleanly (a training
 child gets SIGTERM). Every process serves ``/metrics`` and ``/healthz`` and the ingest side
 writes a heartbeat row that ``adsb-pipeline status`` reads. ``run`` and ``worker`` also serve the
-web pages (:mod:`pipeline.web`), stopped with the rest.
+web pages (:mod:`pipeline.web`), stopped with the rest; ``web`` serves them alone.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 from pipeline.config import Settings
 from pipeline.db import migrate, sites
 from pipeline.db.engine import make_engine, wait_for_database
-from pipeline.metrics import DatabaseCollector, IngestCollector, MetricsServer
-from pipeline.status import INGEST_STATE_KEY
+from pipeline.db.state import INGEST_STATE_KEY
+from pipeline.service.metrics import DatabaseCollector, IngestCollector, MetricsServer
 
 if TYPE_CHECKING:
     from pipeline.receiver.ingest import IngestStats
@@ -174,7 +174,7 @@ def serve(settings: Settings, stop: threading.Event, *, ingest: bool = True, wor
         threads.append(_thread("heartbeat", lambda: _heartbeat_loop(engine, settings, holder, stop),
                                stop))
     if worker:
-        from pipeline.scheduler import run_worker
+        from pipeline.service.scheduler import run_worker
 
         threads.append(_thread("worker", lambda: run_worker(settings, stop, engine=engine), stop))
     metrics = _metrics(settings, engine, holder,
@@ -234,3 +234,20 @@ def worker_command(settings: Settings, args) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     return serve(settings, stop, ingest=False)
+
+
+def web_command(settings: Settings, args) -> int:
+    """``adsb-pipeline web``: only the pages, until SIGINT/SIGTERM."""
+    from pipeline.web.server import serve_until
+
+    if settings.web_port == 0:
+        log.error("web: ADSB_WEB_PORT is 0 (pages disabled); give a port, e.g. --web-port 8760")
+        return 2
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    engine = make_engine(settings)
+    try:
+        migrate.upgrade(engine)
+        return serve_until(settings, engine, stop)
+    finally:
+        engine.dispose()

@@ -10,9 +10,8 @@ import sqlalchemy as sa
 
 from pipeline.config import Settings
 from pipeline.db.engine import make_engine
+from pipeline.db.state import INGEST_STATE_KEY
 from pipeline.flights.clock import data_clock
-
-INGEST_STATE_KEY = "ingest:{receiver_id}"
 
 
 def _age(delta: dt.timedelta | None) -> str:

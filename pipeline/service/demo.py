@@ -22,11 +22,11 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 
 from pipeline import simulate
-from pipeline.beast_server import BeastServer
 from pipeline.config import Settings
 from pipeline.db import migrate
 from pipeline.db.engine import make_engine, plain_url
-from pipeline.service import install_signal_handlers, serve
+from pipeline.service.beast_server import BeastServer
+from pipeline.service.serve import install_signal_handlers, serve
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def _print_flags(engine: sa.Engine) -> int:
 
 
 def command(settings: Settings, args) -> int:
-    from pipeline.report import command as report_command
-    from pipeline.scheduler import Worker
+    from pipeline.service.scheduler import Worker
+    from pipeline.web.report import command as report_command
 
     stop = threading.Event()
     install_signal_handlers(stop)
