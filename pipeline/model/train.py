@@ -317,7 +317,10 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
                     "shape channel raises flags; where and direction join once it spans more",
                     span_h, settings.routes_min_hours)
     norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity)
-    oof_scores = norm.score(groups, window.tortuosity[keep])
+    # The threshold comes from the scores without the shape floor, which then only takes flags
+    # away (see errors.Normaliser): set on capped scores it fell to the window's few curved
+    # flights, and on the Paris split flagged more ordinary flights than without the floor.
+    oof_scores = norm.score(groups)
     thr = errors.flag_threshold(oof_scores, settings.flag_rate)
     lit = data.lit_pixels(window.images)[keep]
     rho = errors.spearman(oof_scores, lit)
