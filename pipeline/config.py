@@ -138,6 +138,23 @@ class Settings:
                                 minimum=0.0001, maximum=0.5)
     rescore_days: float = _setting(1.0, "When a new model becomes active, re-score this many days.",
                                    minimum=0)
+    change_window_h: float = _setting(
+        3.0, "Traffic changes: the share of flags among the flights scored in the newest this "
+        "many hours of the data clock (and in its newest half and quarter, which see a sudden "
+        "change sooner) is tested against ADSB_FLAG_RATE after every scoring batch.",
+        minimum=0.1, maximum=168)
+    change_alpha: float = _setting(
+        1e-6, "Traffic changes: a burst of flags is a traffic change when that many flags or "
+        "more would come by chance with at most this probability (binomial tail at "
+        "ADSB_FLAG_RATE). Small, because the test runs after every batch; 0 disables traffic "
+        "changes (every flag alerts on its own).", minimum=0, maximum=0.05)
+    change_min_flags: int = _setting(
+        5, "Traffic changes: never fewer flags than this in the window, however few flights.",
+        minimum=2)
+    change_train_flights: int = _setting(
+        100, "Traffic changes: once this many flights have finished since an open change "
+        "began, a training is queued (the new traffic is learnt that day, not at the next "
+        "ADSB_TRAIN_CRON); 0 leaves it to the schedule.", minimum=0)
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
     metrics_port: int = _setting(9108, "Port of the metrics endpoint (0 disables it).",
                                  minimum=0, maximum=65535)

@@ -513,7 +513,7 @@ def test_the_worker_schedules_delivery_every_few_seconds(db):
 
 def test_documented_message_and_home_assistant_automation_match_what_is_sent(db):
     engine, settings, flagged = db
-    example = json.loads(documented("json"))
+    example = json.loads(documented("json", '"event": "flag"'))
     s = settings()
     score.score_pending(engine, s)
     with engine.connect() as conn:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 DISTRIBUTED = {"positions", "flights", "flight_scores", "flight_labels", "alert_outbox"}
 REFERENCE = {"sites", "receivers", "models", "jobs", "pipeline_state", "job_runs",
-             "position_days", "alembic_version"}
+             "position_days", "alembic_version", "traffic_changes"}
 COLUMN = "icao24"
 
 _TABLES = """

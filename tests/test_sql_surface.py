@@ -27,7 +27,7 @@ from pipeline.flights import raster
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
 VIEW_COLUMNS = ["flight_id", "icao24", "callsign", "first_seen", "last_seen", "duration",
                 "n_positions", "path_km", "score", "threshold", "score_ratio", "model_version",
-                "scored_at", "channel", "verdict", "site"]
+                "scored_at", "channel", "verdict", "site", "traffic_change_id"]
 
 
 def fenced_blocks(text: str, info: str) -> list[str]:
@@ -45,7 +45,20 @@ def safe_now() -> dt.datetime:
 
 @pytest.fixture
 def traffic(engine):
-    return flagged_data.insert(engine, now=safe_now())
+    flights = flagged_data.insert(engine, now=safe_now())
+    # One of today's flags is part of a traffic change (pipeline/model/changes.py).
+    part = next(f for f in flights if f.callsign == "FGZNX")
+    with engine.begin() as c:
+        change = c.execute(sa.text("""
+            INSERT INTO traffic_changes (site, model_id, channel, region, started_at, detected_at,
+                                         last_flag_at, flights_scored, flights_flagged,
+                                         expected_flags, p_value, opened_by_flight)
+            SELECT 'default', id, 'where', 'where: 1 flights around 30 km E of the receiver',
+                   now() - interval '2 hours', now() - interval '1 hour', now(), 40, 1, 0.4,
+                   1e-9, :f FROM models RETURNING id"""), {"f": part.id}).scalar_one()
+        c.execute(sa.text("UPDATE flights SET traffic_change_id = :c WHERE id = :f"),
+                  {"c": change, "f": part.id})
+    return flights
 
 
 def as_reader(conn: sa.Connection) -> None:
@@ -159,6 +172,10 @@ def test_documented_queries_return_the_right_things(engine, traffic):
     assert [r["callsign"] for r in today] == ["FHBXA", "SRV<b>&1", "FGZNX"]   # not 3 days old
     week = documented(engine, "LIMIT 20")
     assert [r["callsign"] for r in week] == ["AFR77", "FHBXA", "SRV<b>&1", "FGZNX"]
+    own = documented(engine, "traffic_change_id IS NULL")
+    assert [r["callsign"] for r in own] == ["FHBXA", "SRV<b>&1"]   # FGZNX is a change's
+    changes = documented(engine, "FROM traffic_changes")
+    assert [(r["channel"], r["flights_flagged"]) for r in changes] == [("where", 1)]
     per_day = documented(engine, "AS pct_flagged\n  FROM flights")
     assert [(r["flights"], r["flagged"]) for r in per_day] == [(5, 3), (1, 1)]
 

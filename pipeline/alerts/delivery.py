@@ -25,6 +25,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
+from pipeline.alerts import message
 from pipeline.alerts.sinks import Sink, SinkError, open_sink
 from pipeline.config import Settings
 
@@ -227,9 +228,13 @@ class Deliverer:
         result.sent += 1
         health.delivered(endpoint)
         p = row.payload
-        log.info("alert sent: flight %s %s (score x%s, %s) to %s %s", row.flight_id,
-                 p.get("callsign") or p.get("icao24"), p.get("score_ratio"), p.get("channel"),
-                 row.sink, endpoint)
+        if p.get("event") == message.CHANGE_EVENT:
+            log.info("alert sent: traffic change %s (%s) to %s %s", p.get("traffic_change_id"),
+                     p.get("region"), row.sink, endpoint)
+        else:
+            log.info("alert sent: flight %s %s (score x%s, %s) to %s %s", row.flight_id,
+                     p.get("callsign") or p.get("icao24"), p.get("score_ratio"),
+                     p.get("channel"), row.sink, endpoint)
 
     def _give_up(self, engine: sa.Engine, result: PassResult) -> None:
         with engine.begin() as conn:

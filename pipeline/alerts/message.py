@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from pipeline.config import Settings
 
 EVENT = "flag"
+CHANGE_EVENT = "traffic_change"
 
 # The flag as the scorer has just written it (flights + its score by this model).
 _FLAGS = sa.text("""
@@ -68,6 +69,39 @@ def bodies(conn: sa.Connection, settings: Settings, model_id: int,
     so they are exactly what it wrote)."""
     rows = conn.execute(_FLAGS, {"model": model_id, "ids": flight_ids}).all()
     return [body(r, settings) for r in rows]
+
+
+_CHANGE = sa.text("""
+    SELECT c.*, m.version, f.icao24 AS f_icao24, f.callsign, f.receiver_id
+      FROM traffic_changes c
+      JOIN models m ON m.id = c.model_id
+      LEFT JOIN flights f ON f.id = c.opened_by_flight
+     WHERE c.id = :id""")
+
+
+def change_body(conn: sa.Connection, settings: Settings, change_id: int) -> dict[str, Any]:
+    """The one message of a traffic change (read in the caller's transaction). ``flight_id``
+    is the flight that carries it; its ``url`` is the home page's list of changes."""
+    c = conn.execute(_CHANGE, {"id": change_id}).one()
+    return {
+        "event": CHANGE_EVENT,
+        "traffic_change_id": int(c.id),
+        "site": c.site,
+        "channel": c.channel,
+        "region": c.region,
+        "started_at": _iso(c.started_at),
+        "detected_at": _iso(c.detected_at),
+        "flights_flagged": int(c.flights_flagged),
+        "flights_scored": int(c.flights_scored),
+        "expected_flags": round(float(c.expected_flags), 2),
+        "p_value": float(f"{c.p_value:.3g}"),
+        "model_version": c.version,
+        "flight_id": int(c.opened_by_flight) if c.opened_by_flight is not None else None,
+        "icao24": c.f_icao24,
+        "callsign": c.callsign,
+        "receiver": c.receiver_id,
+        "url": f"{base_url(settings)}/#changes",
+    }
 
 
 def encode(payload: dict[str, Any]) -> bytes:

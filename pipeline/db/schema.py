@@ -116,6 +116,30 @@ flights = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True)),
     sa.Column("site", sa.Text, sa.ForeignKey("sites.id"), nullable=False),
     sa.Column("receivers", sa.ARRAY(sa.Text)),
+    sa.Column("traffic_change_id", sa.BigInteger, sa.ForeignKey("traffic_changes.id")),
+)
+
+traffic_changes = sa.Table(
+    "traffic_changes", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("site", sa.Text, sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("region", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_flag_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("end_reason", sa.Text),
+    sa.Column("flights_scored", sa.Integer, nullable=False),
+    sa.Column("flights_flagged", sa.Integer, nullable=False),
+    sa.Column("expected_flags", sa.REAL, nullable=False),
+    sa.Column("p_value", sa.Float, nullable=False),
+    sa.Column("opened_by_icao24", sa.Text),
+    sa.Column("opened_by_flight", sa.BigInteger),
+    sa.Column("training_job_id", sa.BigInteger),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
 )
 
 flight_scores = sa.Table(
@@ -206,6 +230,7 @@ flagged_flights = sa.Table(
     sa.Column("channel", sa.Text),
     sa.Column("verdict", sa.Text),
     sa.Column("site", sa.Text),
+    sa.Column("traffic_change_id", sa.BigInteger),
 )
 
 flight_verdicts = sa.Table(

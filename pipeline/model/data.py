@@ -167,8 +167,12 @@ def load_window(engine: sa.Engine, settings: Settings, active_model_id: int | No
     with engine.connect() as conn:
         end = until if until is not None else data_clock(conn)
         start = end - dt.timedelta(days=settings.train_days)
+        # A flag that is part of a traffic change is not left out as flagged: it is the new
+        # traffic the next model must learn (pipeline/model/changes.py).
         rows = conn.execute(sa.text("""
-            SELECT f.id, f.icao24, f.image, coalesce(f.flagged AND f.model_id = :active, false),
+            SELECT f.id, f.icao24, f.image,
+                   coalesce(f.flagged AND f.model_id = :active AND f.traffic_change_id IS NULL,
+                            false),
                    coalesce(f.tortuosity, 1), f.first_seen, coalesce(v.verdict, ''),
                    CASE WHEN f.model_id = :active THEN f.score / nullif(f.threshold, 0) END
               FROM flights f

@@ -17,6 +17,8 @@ marked with the model in the same transaction, so no flight is scored twice by o
 A flight flagged for the first time (no model flagged it before) and not judged normal by the
 user gets its alerts in that same transaction: outbox rows for the webhook and MQTT sinks and a
 NOTIFY (:mod:`pipeline.alerts.outbox`); sending them is the delivery job's work, never this one's.
+Flags of a traffic change (far more flags than the flag rate allows, e.g. the other runway in
+use) alert once, through the change: :mod:`pipeline.model.changes`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pipeline.alerts import outbox
 from pipeline.config import Settings
 from pipeline.flights.clock import data_clock
 from pipeline.flights.raster import FORMAT_CHANNELS, decode_png, decode_pngs
-from pipeline.model import registry
+from pipeline.model import changes, registry
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,10 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
             "chs": out.top, "ers": out.error_row, "ecs": out.error_col,
             "recs": out.reconstructions})
         conn.execute(_UPDATE_FLIGHTS, params)
+        if settings is not None:
+            # Flags of a traffic change alert once, through the change (pipeline/model/changes.py).
+            absorbed = changes.review(conn, settings, row, ids)
+            alert = [i for i in alert if i not in absorbed]
         if alert:
             assert settings is not None
             outbox.enqueue(conn, settings, row.id, alert)

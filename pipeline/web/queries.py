@@ -117,6 +117,18 @@ def flag_rates(conn: sa.Connection, model_ids: Sequence[int]) -> dict[int, tuple
     return {r.id: (int(r.scored), int(r.flagged)) for r in rows}
 
 
+def traffic_changes(conn: sa.Connection, site: str, limit: int) -> list[RowMapping]:
+    """The site's traffic changes, the open one first, then the newest."""
+    return list(conn.execute(sa.text("""
+        SELECT c.id, c.channel, c.region, c.started_at, c.detected_at, c.last_flag_at,
+               c.ended_at, c.end_reason, c.flights_flagged, c.flights_scored, c.expected_flags,
+               c.training_job_id, m.version AS model_version
+          FROM traffic_changes c JOIN models m ON m.id = c.model_id
+         WHERE c.site = :site
+         ORDER BY c.ended_at IS NULL DESC, c.started_at DESC
+         LIMIT :limit"""), {"site": site, "limit": limit}).mappings())
+
+
 def _window(since: dt.datetime, until: dt.datetime | None) -> list[sa.ColumnElement[bool]]:
     """last_seen in [since, until); no upper bound when until is None."""
     conds = [F.c.last_seen >= since]
@@ -132,7 +144,7 @@ def flags(conn: sa.Connection, since: dt.datetime, until: dt.datetime | None, li
     v = flagged_flights
     q = (sa.select(v.c.flight_id, v.c.icao24, v.c.callsign, v.c.first_seen, v.c.last_seen,
                    v.c.duration, v.c.path_km, v.c.score, v.c.threshold, v.c.score_ratio,
-                   v.c.channel, v.c.verdict, v.c.model_version)
+                   v.c.channel, v.c.verdict, v.c.model_version, v.c.traffic_change_id)
          .where(v.c.last_seen >= since)
          .order_by(v.c.score_ratio.desc().nulls_last(), v.c.flight_id.desc())
          .limit(limit))

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PAGE_FLIGHTS = 50
 PAGE_MODELS = 20
 HOME_FLAGS = 60
+HOME_CHANGES = 5               # traffic changes listed on the home page (the open one first)
 PER_DAY_DAYS = 30
 HISTOGRAM_DAYS = 7
 NOTE_MAX = 1000
@@ -82,6 +83,7 @@ def home(request: Request) -> Response:
             if sum(counts):
                 histogram = plots.score_histogram(edges, counts, float(model["threshold"]))
         judged = q.precision(conn)
+        traffic_changes = q.traffic_changes(conn, web.settings.site_id, HOME_CHANGES)
     receiver = None
     if beat is not None:
         age = q.utcnow() - beat.updated_at
@@ -98,7 +100,8 @@ def home(request: Request) -> Response:
         "known_today": known_today, "known_week": known_week,
         "per_day": plots.flags_per_day(per_day, first_day.date(), today.date()),
         "per_day_total": sum(f for _, _, f in per_day), "histogram": histogram,
-        "histogram_days": HISTOGRAM_DAYS, "precision": _precision(judged)})
+        "histogram_days": HISTOGRAM_DAYS, "precision": _precision(judged),
+        "changes": traffic_changes})
 
 
 def _precision(rows: list[tuple[str | None, str, int]]) -> dict[str, Any]:
