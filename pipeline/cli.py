@@ -116,12 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("realsite", "pipeline.evaluation.realsite:command",
                 "load a site of real traffic to judge the model by: the Swiss day of the "
                 "`traffic` package's samples (fetched from the package index once) with real "
-                "pattern flights moved into it, through the ingest and the flights pass; "
+                "pattern flights moved into it (swiss-week: its flights spread over 7 days, "
+                "airport traffic flown the other way on 2 of them, real flights rotated into "
+                "route anomalies on the last), through the ingest and the flights pass; "
                 "writes the labels for `evaluate`")
-    p.add_argument("name", choices=("swiss",), help="which site")
+    p.add_argument("name", choices=("swiss", "swiss-week"), help="which site")
     p.add_argument("--labels", required=True, help="labels CSV to write (icao24,label,kind)")
     p.add_argument("--fraction", type=float, default=0.05,
-                   help="share of each half day's flights that are real patterns")
+                   help="share of each half day's (swiss-week: day's) flights that are real "
+                   "patterns")
     p.add_argument("--seed", type=int, default=0, help="where and when the patterns fly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -102,3 +102,39 @@ def test_loaded_through_the_ingest_and_the_flights_pass(folder, site, db_url, tm
     realsite.write_labels(labels, some)
     text = labels.read_text().splitlines()
     assert text[0] == "icao24,label,kind" and len(text) == len(part) + 1
+
+
+def test_the_week_flies_each_real_flight_once_on_one_day_at_its_own_time(folder):
+    week = realsite.swiss_week(folder, fraction=0.05, routes_fraction=0.1, seed=0)
+    day_s = 86400.0
+    start = realsite.SWISS_DAY.timestamp()
+    real = {(t.icao24, round(float(t.t[0]) % day_s)): t for t in realsite.swiss_day(folder)}
+    ordinary = [t for t in week.tracks if t.label == 0]
+    assert len(ordinary) == len(real) == 1244
+    days = [int((t.t[0] - start) // day_s) for t in ordinary]
+    assert set(days) == set(range(realsite.WEEK_DAYS))
+    assert min(days.count(d) for d in range(realsite.WEEK_DAYS)) > 1244 / 7 * 0.7
+    for tr in ordinary:       # the same positions at the same time of day, some days later
+        src = real[(tr.icao24, round(float(tr.t[0]) % day_s))]
+        assert np.array_equal(tr.lat, src.lat) and np.allclose((tr.t - src.t) % day_s, 0)
+
+    patterns = [t for t in week.tracks if t.label == 1 and t.kind not in ("rotated_transit",
+                                                                       "approach_nowhere")]
+    assert {int((p.t[0] - start) // day_s) for p in patterns} == set(range(realsite.WEEK_DAYS))
+    rotated = [t for t in week.tracks if t.kind == "rotated_transit"]
+    judged = realsite.judged_day_start().timestamp()
+    assert len(rotated) >= 10 and all(judged <= r.t[0] and r.label == 1 for r in rotated)
+    # Each is a real flight of the judged day, turned about the centre: its distance from the
+    # centre is kept, its place is not.
+    sources = [t for t in ordinary if t.t[0] >= judged]
+
+    def turned(src, r) -> bool:
+        if not set(r.t.tolist()) <= set(src.t.tolist()):
+            return False
+        idx = np.searchsorted(src.t, r.t)
+        return bool(np.allclose(haversine_km(src.lat[idx], src.lon[idx], *realsite.SWISS_CENTRE),
+                                haversine_km(r.lat, r.lon, *realsite.SWISS_CENTRE), atol=0.5)
+                    and np.max(haversine_km(src.lat[idx], src.lon[idx], r.lat, r.lon)) > 50)
+
+    assert all(any(turned(src, r) for src in sources) for r in rotated)
+    assert len({t.icao24 for t in week.tracks if t.label}) == sum(t.label for t in week.tracks)

@@ -221,6 +221,61 @@ def swiss(samples_dir: Path, *, fraction: float = 0.05, seed: int = 0) -> Site:
     return Site(ordinary + patterns, SWISS_CENTRE, SWISS_RANGE_KM, SWISS_BOX, notes)
 
 
+# ---- a week at one site -------------------------------------------------------------------------
+WEEK_DAYS = 7
+SWISS_AIRPORTS: dict[str, tuple[float, float]] = {
+    "LSZH": (47.4647, 8.5492),          # Zurich
+    "LSGG": (46.2381, 6.1090),          # Geneva
+    "LFSB": (47.5896, 7.5299),          # Basel-Mulhouse
+    "LSZB": (46.9141, 7.4994),          # Bern
+    "LSZA": (46.0043, 8.9106),          # Lugano
+    "LSZR": (47.4850, 9.5608),          # St. Gallen-Altenrhein
+    "LSMP": (46.8433, 6.9150),          # Payerne (military)
+    "LSZC": (46.9746, 8.3964),          # Buochs
+}
+
+
+def judged_day_start() -> dt.datetime:
+    """Start of the week's last day: train before it, judge on it."""
+    return SWISS_DAY + dt.timedelta(days=WEEK_DAYS - 1)
+
+
+def swiss_week(samples_dir: Path, *, fraction: float = 0.05, routes_fraction: float = 0.1,
+               seed: int = 0) -> Site:
+    """A week at the Swiss site made of the real day: each real flight is flown on one of
+    ``WEEK_DAYS`` days at its own time of day (no flight twice, ~180 a day); real patterns make
+    ``fraction`` of each day; on the last day, ``routes_fraction`` of its flights are real
+    flights of that day rotated about the site's centre (route anomalies, kind
+    ``rotated_transit``). The sample is en-route traffic only (every position above 30,000 ft):
+    there is no runway whose direction could change, and no approach to rotate."""
+    from pipeline import routes
+
+    rng = np.random.default_rng(seed)
+    day_s = 86400.0
+    real = swiss_day(samples_dir)
+    days = rng.integers(WEEK_DAYS, size=len(real))
+    ordinary = [dataclasses.replace(tr, t=tr.t + d * day_s) for tr, d in zip(real, days.tolist())]
+    day0 = SWISS_DAY.timestamp()
+    windows = [(day0 + d * day_s + TRAFFIC_HOURS[0] * 3600, day0 + d * day_s + TRAFFIC_HOURS[1] * 3600)
+               for d in range(WEEK_DAYS)]
+    n = round(fraction / (1 - fraction) * len(ordinary)) if fraction else 0
+    patterns = place_patterns(pattern_pool(samples_dir), n, rng, SWISS_BOX, SWISS_CENTRE,
+                              windows)
+    last = [tr for tr, d in zip(ordinary, days.tolist()) if d == WEEK_DAYS - 1]
+    rotated = [Track(a.icao24, a.callsign, a.t, a.lat, a.lon, a.alt, 1, a.kind)
+               for a in routes.rotated_flights(last, routes_fraction, seed=seed + 1,
+                                               ref_lat=SWISS_CENTRE[0], ref_lon=SWISS_CENTRE[1],
+                                               box=SWISS_BOX, airports=SWISS_AIRPORTS)]
+    notes = [f"ordinary: {len(ordinary)} real flights of the traffic sample 'switzerland' "
+             f"(2018-08-01), each flown on one of {WEEK_DAYS} days (from "
+             f"{SWISS_DAY:%Y-%m-%d}) at its own time of day",
+             f"patterns: {len(patterns)} real pattern flights moved into the frame, spread over "
+             "the days",
+             f"route anomalies on day {WEEK_DAYS}: {len(rotated)} of its real flights rotated "
+             f"about the centre ({', '.join(f'{k} {sum(r.kind == k for r in rotated)}' for k in routes.KINDS)})"]
+    return Site(ordinary + patterns + rotated, SWISS_CENTRE, SWISS_RANGE_KM, SWISS_BOX, notes)
+
+
 # ---- into the database through the product's path ---------------------------------------------
 def write_sbs(path: Path, tracks: Sequence[Track]) -> int:
     """The tracks as SBS lines in time order: an identification (MSG,1) at each flight's first
@@ -291,18 +346,21 @@ def write_labels(path: Path, site: Site) -> None:
 
 
 def command(settings: Settings, args) -> int:
-    """``adsb-pipeline realsite swiss --labels FILE [--fraction F] [--seed N]``."""
+    """``adsb-pipeline realsite swiss|swiss-week --labels FILE [--fraction F] [--seed N]``."""
     try:
         folder = samples.fetch()
     except samples.SamplesUnavailable as e:
         log.error("%s", e)
         return 1
-    site = swiss(folder, fraction=args.fraction, seed=args.seed)
+    week = args.name == "swiss-week"
+    site = swiss_week(folder, fraction=args.fraction, seed=args.seed) if week \
+        else swiss(folder, fraction=args.fraction, seed=args.seed)
+    split = judged_day_start() if week else SWISS_SPLIT
     for line in site.notes:
         print(line)
     counts = load(settings, site, progress=not args.no_progress)
     write_labels(Path(args.labels), site)
     print(f"{counts['flights']} flights stored; labels -> {args.labels}; judge as deployed with "
           f"`adsb-pipeline evaluate --labels {args.labels} --train-until "
-          f"{SWISS_SPLIT:%Y-%m-%dT%H:%M:%SZ}`")
+          f"{split:%Y-%m-%dT%H:%M:%SZ}`")
     return 0
