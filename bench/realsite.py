@@ -1,7 +1,10 @@
 """Judged as deployed on real traffic: the Swiss day (pipeline.evaluation.realsite), trained on
-the 7-hour morning, judged on the afternoon it never saw, for several training seeds.
+the 7-hour morning, judged on the afternoon it never saw, for several training seeds; or, with
+``--site swiss-week``, the Swiss week, trained on days 1-6 and judged on day 7 with its route
+anomalies (real flights rotated about the centre) reported on their own.
 
-    python bench/realsite.py [--seeds 0,1,2] [--floor 1.3] [--fraction 0.05] [--keep]
+    python bench/realsite.py [--site swiss|swiss-week] [--seeds 0,1,2] [--floor 1.3]
+                             [--fraction 0.05] [--keep]
 
 Prints evaluate's full report for each seed, then one line per seed and the spread of the
 figures the product promises (ordinary flag rate against ADSB_FLAG_RATE, flag precision and
@@ -27,6 +30,7 @@ from pipeline.evaluation import realsite, samples
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--site", choices=("swiss", "swiss-week"), default="swiss")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--floor", type=float, default=None,
                     help="ADSB_SHAPE_MIN_TORTUOSITY (default: the setting's default)")
@@ -41,21 +45,31 @@ def main() -> None:
         overrides["shape_min_tortuosity"] = args.floor
     settings = config.load({}, overrides)
     try:
-        site = realsite.swiss(samples.fetch(), fraction=args.fraction)
+        week = args.site == "swiss-week"
+        site = (realsite.swiss_week if week else realsite.swiss)(samples.fetch(),
+                                                                  fraction=args.fraction)
+        split = realsite.judged_day_start() if week else realsite.SWISS_SPLIT
         print("\n".join(site.notes))
         realsite.load(settings, site)
         labels_path = tmp / "labels.csv"
         realsite.write_labels(labels_path, site)
         labels = evaluate.read_labels(labels_path)
         engine = sa.create_engine(url)
-        lines = []
+        lines: list[tuple] = []
+        route_lines: list[tuple] = []
         for seed in (int(s) for s in args.seeds.split(",")):
             t0 = time.monotonic()
-            r = evaluate.evaluate_split(engine, settings, labels, realsite.SWISS_SPLIT, seed=seed)
+            r = evaluate.evaluate_split(engine, settings, labels, split, seed=seed)
             print(f"\n=== seed {seed} ({time.monotonic() - t0:.0f} s)\n{evaluate.format_report(r)}")
             rows = {row.name: row for row in r.rows}
             m, t = rows["model"], rows["tortuosity"]
             lines.append((seed, m.flag_rate, m.precision, m.recall, m.auc, m.ap, t.auc, t.ap))
+            if "rotated_transit" in r.by_kind:
+                routes = {row.name: row for row in r.by_kind["rotated_transit"]}
+                best = max((row for name, row in routes.items() if not name.startswith("model")),
+                           key=lambda row: row.auc)
+                route_lines.append((seed, routes["model"].auc, routes["model"].ap, best.name,
+                                    best.auc, best.ap))
         print(f"\nfloor {settings.shape_min_tortuosity}, flag rate set to {settings.flag_rate}")
         print("seed  ord flag  flag P  flag R   AUC     AP   | tortuosity AUC  AP")
         for v in lines:
@@ -63,6 +77,10 @@ def main() -> None:
                   f"{v[6]:14.3f} {v[7]:6.3f}")
         arr = np.array([v[1:6] for v in lines])
         print("range " + " ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(arr.min(0), arr.max(0))))
+        if route_lines:
+            print("route anomalies (rotated real flights) only: seed, model AUC AP | best baseline")
+            for v in route_lines:
+                print(f"{v[0]:>4}  {v[1]:6.3f} {v[2]:6.3f} | {v[3]:<16} {v[4]:6.3f} {v[5]:6.3f}")
         engine.dispose()
     finally:
         if not args.keep:

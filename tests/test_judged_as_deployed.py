@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 # CI-sized training: each fold stops after EPOCHS epochs (the default budget lets them run to
 # their early stop); bounded by epochs rather than seconds, so that the result depends on the
 # seed, not on how busy the machine is. BUDGET_S is only a safety net.
-EPOCHS = 30
+EPOCHS = 15
 BUDGET_S = 600
 
 
