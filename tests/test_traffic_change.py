@@ -58,7 +58,7 @@ def site(databases, tmp_path_factory):
     with engine.begin() as conn:       # train on days 0-1 only: days 2-3 are not there yet
         conn.execute(sa.text("UPDATE flights SET state = 'open' WHERE first_seen >= :d"),
                      {"d": day2})
-    train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=30)
+    train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=20)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE flights SET state = 'finished' WHERE state = 'open'"))
     # The worker scores each pass's newly finished flights: a few at a time, in time order.
