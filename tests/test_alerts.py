@@ -527,3 +527,14 @@ def test_documented_message_and_home_assistant_automation_match_what_is_sent(db)
     automation = yaml.safe_load(documented("yaml"))[0]
     assert automation["trigger"][0]["topic"] == f"{s.alert_mqtt_topic}/{sent['receiver']}"
     assert "trigger.payload_json.url" in automation["action"][0]["data"]["data"]["url"]
+
+
+def test_a_failing_traffic_change_review_keeps_the_scores_and_every_flag_alerts(db, caplog):
+    engine, settings, flagged = db
+    s = settings(alert_webhook_url="http://127.0.0.1:9/hook")
+    with engine.begin() as conn:         # the review's table is gone: every query of it fails
+        conn.execute(sa.text("ALTER TABLE traffic_changes RENAME TO traffic_changes_gone"))
+    assert score.score_pending(engine, s) == 64
+    assert sorted(r.flight_id for r in _outbox(engine)) == flagged
+    assert _q(engine, "SELECT count(*) FROM flights WHERE score IS NULL")[0][0] == 0
+    assert "traffic changes not reviewed for this batch" in caplog.text

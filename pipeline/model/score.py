@@ -225,7 +225,14 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
         conn.execute(_UPDATE_FLIGHTS, params)
         if settings is not None:
             # Flags of a traffic change alert once, through the change (pipeline/model/changes.py).
-            absorbed = changes.review(conn, settings, row, ids)
+            # In a savepoint: should the review fail, the scores stand and every flag alerts.
+            try:
+                with conn.begin_nested():
+                    absorbed = changes.review(conn, settings, row, ids)
+            except sa.exc.SQLAlchemyError as e:
+                log.error("traffic changes not reviewed for this batch (%s); its flags alert "
+                          "one by one", str(e).splitlines()[0][:200])
+                absorbed = set()
             alert = [i for i in alert if i not in absorbed]
         if alert:
             assert settings is not None
