@@ -471,6 +471,26 @@ def generate_days(days: int, flights_per_day: int, *, anomaly_fraction: float = 
     return flights
 
 
+def generate_day(day: int, conditions: DayConditions, n_normal: int, *,
+                 patterns: Iterable[str] = PATTERN_KINDS, seed: int = 0, ref_lat: float = 48.88,
+                 ref_lon: float = 2.42, range_km: float = 121.0,
+                 icao_base: int = ICAO_PREFIX + 0x90000) -> list[SimFlight]:
+    """One day (index ``day`` of a :func:`generate_days` run) flown in the given conditions
+    (e.g. both runways the other way), with the daily shape: ``n_normal`` ordinary flights and
+    one flight of each of ``patterns``; icao24 from ``icao_base`` on, apart from
+    :func:`generate_days`' addresses."""
+    c = Corridors.for_range(range_km)
+    rng = np.random.default_rng([seed, day, 1])
+    shape = daily_shape()
+    kinds = [NORMAL_KINDS[int(rng.integers(len(NORMAL_KINDS)))] for _ in range(n_normal)]
+    out = []
+    for i, kind in enumerate(kinds + list(patterns)):
+        f = make_flight(kind, f"{icao_base + i:06x}", 0.0, c, rng, ref_lat, ref_lon, conditions)
+        f.t = f.t + day * 86400.0 + _start_in_day(rng, shape, 86400.0, len(f.t))
+        out.append(f)
+    return sorted(out, key=lambda f: float(f.t[0]))
+
+
 # ---- ADS-B encoding ---------------------------------------------------------------------------
 _CHARSET = "#ABCDEFGHIJKLMNOPQRSTUVWXYZ##### ###############0123456789######"
 CPR_BITS = 1 << 17

@@ -8,67 +8,36 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
 import helpers_flights as hf
-from pipeline import simulate
-from pipeline.model import changes, score, train
+import runway_swap as rs
+from pipeline.model import changes
 
 pytestmark = pytest.mark.slow
 
-START = simulate.WEEK_START
-SEED = 1                  # days 0-2 of seed 1 all land on the preferred (westerly) runways
+START = rs.START
+SWAPPED_DAY = rs.SWAPPED_DAY
 PER_DAY = 150
-SWAPPED_DAY = 3
-PATTERNS = ("orbit", "survey", "calibration", "holding")
 WEBHOOK = "http://127.0.0.1:9/hook"        # never called: the outbox rows are what is judged
-
-
-def swapped_day(n: int, seed: int) -> list[simulate.SimFlight]:
-    """Day ``SWAPPED_DAY``: north-easterly wind, both airports landing on runway + 180, the same
-    corridors, volume and daily shape; plus one flight of each pattern."""
-    c = simulate.Corridors.for_range(121.0)
-    rng = np.random.default_rng(seed)
-    day = simulate.DayConditions(SWAPPED_DAY, 50.0, 15.0, 1.5, (True, True))
-    shape = simulate.daily_shape()
-    kinds = [simulate.NORMAL_KINDS[int(rng.integers(3))] for _ in range(n)] + list(PATTERNS)
-    out = []
-    for i, kind in enumerate(kinds):
-        f = simulate.make_flight(kind, f"{0xF90000 + i:06x}", 0.0, c, rng, 48.88, 2.42, day)
-        b = int(rng.choice(len(shape), p=shape))
-        f.t = f.t + SWAPPED_DAY * 86400.0 + min((b + rng.random()) * 60.0, 86400.0 - len(f.t) - 1)
-        out.append(f)
-    return sorted(out, key=lambda f: float(f.t[0]))
 
 
 @pytest.fixture(scope="module")
 def site(databases, tmp_path_factory):
     url = databases.create()
     engine = sa.create_engine(url)
-    ordinary = simulate.generate_days(3, PER_DAY, anomaly_fraction=0.02, seed=SEED)
-    swapped = swapped_day(PER_DAY, SEED + 100)
-    flights = ordinary + swapped
-    ids = hf.insert_tracks(engine, hf.sim_tracks(flights, START))
-    by_id = dict(zip(ids, flights))
+    by_id = rs.load(engine, PER_DAY)
     settings = hf.model_settings(url, tmp_path_factory.mktemp("change"),
                                  alert_webhook_url=WEBHOOK)
-    day2 = START + dt.timedelta(days=2)
-    with engine.begin() as conn:       # train on days 0-1 only: days 2-3 are not there yet
-        conn.execute(sa.text("UPDATE flights SET state = 'open' WHERE first_seen >= :d"),
-                     {"d": day2})
-    train.run_training(settings, seed=3, verbose=False, engine=engine, max_epochs=20)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE flights SET state = 'finished' WHERE state = 'open'"))
-    # The worker scores each pass's newly finished flights: a few at a time, in time order.
-    score.score_pending(engine, settings, batch=6)
+    rs.train_before_day_two(engine, settings)
+    rs.score_as_the_worker_does(engine, settings)
     yield engine, settings, by_id
     engine.dispose()
 
 
 def _day(t: dt.datetime) -> int:
-    return (t - START).days
+    return rs.day_of(t)
 
 
 def test_the_swapped_day_is_one_change_with_one_alert(site):
