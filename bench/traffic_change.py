@@ -6,7 +6,7 @@ For each volume: a simulated site trained on two ordinary days (westerly runways
 ordinary unseen day and a day on which both airports land the other way
 (``tests/runway_swap.py``), scored a few flights at a time in time order as the worker's passes
 do. Prints, for the swapped day: ordinary flights flagged, the alerts of single flags, the
-traffic-change alerts, how long after the day's first flight the change was found; beside the
+traffic-change alerts, how long after its first flight the change was found; beside the
 flag rate's allowance (twice ADSB_FLAG_RATE of the day's ordinary flights) and what every flag
 alerting on its own would have sent.
 """
