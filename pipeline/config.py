@@ -138,6 +138,12 @@ class Settings:
                                 minimum=0.0001, maximum=0.5)
     rescore_days: float = _setting(1.0, "When a new model becomes active, re-score this many days.",
                                    minimum=0)
+    train_profile: str = _setting("auto", "What a training run fits: 'full' = the window and "
+                                  "folds as set; 'small' = at most 2 folds and the newest 6,000 "
+                                  "flights, under a third of full's work per epoch on a busy "
+                                  "site (a Raspberry Pi's night); 'auto' = small on a host with "
+                                  "at most 4 CPUs and under 6 GiB of memory, else full.",
+                                  choices=("auto", "full", "small"))
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
     metrics_port: int = _setting(9108, "Port of the metrics endpoint (0 disables it).",
                                  minimum=0, maximum=65535)
