@@ -1,6 +1,7 @@
 """What each generalisation lever does to next-day figures: one simulated site, trained on days
 1-6, judged on day 7 (pattern anomalies and rotated transits), with one lever changed at a time
-against the default design. Prints, per variant, the ordinary flag rate, flag precision/recall,
+against the default design (the "default" row, run first, is the same-run reference of every
+other row). Prints, per variant, the ordinary flag rate, flag precision/recall,
 ROC AUC / AP of patterns and of rotated transits, the seen/unseen gap and the training time.
 Each fold stops after --epochs epochs (as in tests/test_judged_as_deployed.py), so a variant's
 figures depend on the seed, not on how busy the machine is.
@@ -67,7 +68,7 @@ def main() -> None:
             results.append((name, m, pat_auc, routes, r.median_ratio, seconds))
             print(f"{name}: flag rate {m.flag_rate:.3f} P {m.precision:.2f} R {m.recall:.2f} "
                   f"patterns AUC {pat_auc:.3f} routes AUC {routes.auc:.3f} AP {routes.ap:.3f} "
-                  f"gap {r.median_ratio:.2f} ({seconds:.0f} s)", flush=True)
+                  f"gap {r.median_ratio:.2f} ({seconds:.0f} s; {_data.load_avg()})", flush=True)
     finally:
         engine.dispose()
         _data.drop_database(url)

@@ -2,12 +2,14 @@
 
     python bench/raster.py [--flights 1000] [--points 300] [--repeat 3] [--admin-url URL]
 
-Image only: project + draw both channels (+ PNG + features) of synthetic 300-point tracks on
-one core, all flights in one batch as the worker draws them (and one flight per call, as
-``raster.rasterize`` does for other callers), beside the reference the targets were set with:
-Pillow drawing one 300-point track into a new 64x64 image (~22,000 tracks/s on the target's
-machine, for >= 15,000 flights/s image only and >= 2,000 end to end), so that the figures read
-as ratios on any machine. Each image-only figure is the best of --repeat rounds. End to end:
+Image only: project + draw the ten channels of format 2 (+ PNG + features) of synthetic
+300-point tracks on one core, all flights in one batch as the worker draws them (and one
+flight per call, as ``raster.rasterize`` does for other callers), beside the reference the
+targets were set with: Pillow drawing one 300-point track into a new 64x64 image (~22,000
+tracks/s on the target's machine, for >= 15,000 flights/s image only and >= 2,000 end to end),
+and plain NumPy setting one track's points in a 64x64 array (one channel, no lines: the
+simplest NumPy rasterization), so that the figures read as ratios on any machine. Each
+image-only figure is the best of --repeat rounds. End to end:
 positions COPYed into a fresh database, placed into open flights by one pass, then timed: the
 pass that reads every flight's positions, draws, computes features and writes them back.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import os
 import sys
 import time
 import uuid
@@ -67,6 +70,15 @@ def pillow_track(pixels: np.ndarray) -> bytes:
     return img.tobytes()
 
 
+def numpy_track(pixels: np.ndarray) -> bytes:
+    """The second reference: plain NumPy sets the pixels of one track's points in a new 64x64
+    array (one channel, points only, no lines between them)."""
+    img = np.zeros((64, 64), np.uint8)
+    p = np.clip(pixels, 0, 63)
+    img[p[:, 1], p[:, 0]] = 1
+    return img.tobytes()
+
+
 def track_pixels(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """The track's points in pixels of its own frame (the shape channel), not deduplicated."""
     x, y = to_local_km(lat, lon, LAT, LON)
@@ -96,15 +108,20 @@ def image_only(ts, repeat: int) -> float:
 
     r = rates({
         "reference": lambda: [pillow_track(p) for p in pixels],
+        "numpy": lambda: [numpy_track(p) for p in pixels],
         "batch": lambda: raster.rasterize_many(*batch(ts), RANGE_KM),
         "one": lambda: [raster.rasterize(t[0], t[1], LAT, LON, RANGE_KM) for t in ts],
         "full": full}, len(ts), repeat)
     floor = r["reference"]
     print(f"reference: Pillow draws one 300-point track:    {floor:10,.0f} tracks/s")
-    print(f"image only (project + both channels), batch:     {r['batch']:10,.0f} flights/s "
-          f"= {r['batch'] / floor:.2f} x reference (target >= 0.68: 15,000 of 22,000)")
-    print(f"image only, one flight per call:                 {r['one']:10,.0f} flights/s")
-    print(f"image + PNG + features, batch:                   {r['full']:10,.0f} flights/s")
+    print(f"reference: NumPy sets one track's points:        {r['numpy']:10,.0f} tracks/s")
+    print(f"image only (project, {raster.NCH} channels), batch:      {r['batch']:10,.0f} flights/s "
+          f"= {r['batch'] / floor:.2f} x Pillow (target >= 0.68: 15,000 of 22,000), "
+          f"{r['batch'] / r['numpy']:.2f} x NumPy")
+    print(f"image only, one flight per call:                 {r['one']:10,.0f} flights/s "
+          f"= {r['one'] / r['numpy']:.2f} x NumPy")
+    print(f"image + PNG + features, batch:                   {r['full']:10,.0f} flights/s "
+          f"= {r['full'] / r['numpy']:.2f} x NumPy; load {os.getloadavg()[0]:.2f}")
     return floor
 
 
@@ -146,7 +163,7 @@ def end_to_end(ts, admin_url: str, floor: float) -> None:
         print(f"end to end (read positions -> image + features -> write), {closed.closed} flights: "
               f"{closed.seconds:.2f} s = {closed.closed / closed.seconds:,.0f} flights/s "
               f"= {closed.closed / closed.seconds / floor:.3f} x reference "
-              f"(target >= 0.091: 2,000 of 22,000)")
+              f"(target >= 0.091: 2,000 of 22,000); load {os.getloadavg()[0]:.2f}")
         print(f"  of which closing the flights: {closed.close_seconds:.2f} s "
               f"({closed.closed / closed.close_seconds:,.0f} flights/s); the rest is the pass's "
               f"fixed work (new positions, data clock, flights due)")

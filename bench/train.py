@@ -1,8 +1,11 @@
-"""Training throughput: seconds per epoch and images/s on 4,000 flights (Paris images, repeated),
-for the project's model and, in the same run, for a plain ~1 M-parameter convolutional
-autoencoder (the reference the target was set with: ~800 images/s on a 2-core machine), so
-that the figure can be read on any machine as a ratio.
-Usage: python bench/train.py [--flights 4000] [--epochs 3]"""
+"""Training throughput on today's images (format 2, ten channels): seconds per epoch and
+images/s of the project's fit (tf.data of packed images, augmentation, early-stopping
+callbacks), beside a plain Keras fit of the same architecture on a float32 array in memory
+measured in the same run (the reference), so that the figures read as ratios on any machine.
+Rows: the default fit, and one lever changed at a time (no augmentation, batch 128, half the filters).
+Usage: python bench/train.py [--flights 4000] [--epochs 3] [--only default,...]
+Pin it to one core for the single-core figure (docs/benchmarks.md, "A Raspberry Pi's night"):
+ADSB_BENCH_THREADS=1 taskset -c 0 python bench/train.py"""
 
 from __future__ import annotations
 
@@ -13,38 +16,62 @@ import time
 import numpy as np
 
 import _data
-from pipeline.flights import raster
-from pipeline.model import autoencoder, train
+from pipeline.model import autoencoder, data, train
 
-# Same layers, wider: 1.24 M parameters, a "plain conv autoencoder of ~1 M parameters".
-REFERENCE = autoencoder.Architecture(filters=(32, 64, 128), bottleneck=64)
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "no augmentation": {"augment": False},
+    "batch 128": {"batch": 128},
+    "filters (8, 16, 32)": {"arch": autoencoder.Architecture(filters=(8, 16, 32))},
+}
 
 
-def measure(images: np.ndarray, epochs: int, arch: autoencoder.Architecture) -> tuple[int, float, float]:
-    """(parameters, seconds per epoch, images/s) of a fit, the first epoch (tracing) excluded."""
+def threads() -> None:
+    """ADSB_BENCH_THREADS=N: TensorFlow's intra- and inter-op pools of N threads each."""
+    n = int(os.environ.get("ADSB_BENCH_THREADS", "0"))
+    if n:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+
+
+def measure(images: np.ndarray, epochs: int, **lever) -> tuple[float, float]:
+    """(seconds per epoch, images/s) of the project's fit, the first epoch (tracing) excluded."""
     n_val = len(images) // 5
-    out = train.fit(images[n_val:], images[:n_val], seed=1, deadline=time.monotonic() + 3600,
-                    max_epochs=1 + epochs, label="bench", arch=arch)
+    packed = data.PackedImages.pack(images)
+    out = train.fit(data.Subset(packed, np.arange(n_val, len(images))),
+                    data.Subset(packed, np.arange(n_val)), seed=1,
+                    deadline=time.monotonic() + 3600, max_epochs=1 + epochs, label="bench",
+                    **lever)
     per_epoch = float(np.mean(out.epoch_seconds[1:]))
-    return out.model.count_params(), per_epoch, (len(images) - n_val) / per_epoch
+    return per_epoch, (len(images) - n_val) / per_epoch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flights", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--only", default="")
     args = ap.parse_args()
-    tracks = _data.hf.paris_tracks(_data.PARIS_CSV)
-    base = np.stack([raster.rasterize(t.lat, t.lon, 48.88, 2.42, 121.0)[0] for t in tracks])
-    images = base[np.arange(args.flights) % len(base)]
-    print(f"{args.flights} flights ({args.flights - args.flights // 5} training images), batch "
-          f"{train.BATCH}, {args.epochs} timed epochs after one untimed, {os.cpu_count()} CPUs")
-    rows = [("project model", *measure(images, args.epochs, autoencoder.Architecture())),
-            ("reference ~1 M plain conv AE", *measure(images, args.epochs, REFERENCE))]
-    for name, params, per_epoch, rate in rows:
-        print(f"{name:<30} {params:>10,} parameters  {per_epoch:6.2f} s/epoch  {rate:7.0f} images/s")
-    print(f"ratio project / reference: {rows[0][3] / rows[1][3]:.2f} "
-          f"(target >= 1: at least the reference's rate, ~800 images/s on the target's machine)")
+    threads()
+    images = _data.paris_images(args.flights)
+    n_train = args.flights - args.flights // 5
+    print(f"{args.flights} flights ({n_train} training images, {images.shape[-1]} channels), "
+          f"{args.epochs} timed epochs after one untimed, {os.cpu_count()} CPUs, "
+          f"{os.environ.get('ADSB_BENCH_THREADS', 'default')} TF threads; {_data.load_avg()}",
+          flush=True)
+    ref = _data.plain_keras_fit_rate(images[args.flights // 5:])
+    print(f"reference: plain Keras fit, same architecture, float32 in memory, batch 64: "
+          f"{ref:7.0f} images/s ({n_train / ref:.2f} s/epoch); {_data.load_avg()}", flush=True)
+    for name, lever in VARIANTS.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        per_epoch, rate = measure(images, args.epochs, **lever)
+        print(f"{name:<20} {per_epoch:6.2f} s/epoch {rate:7.0f} images/s  "
+              f"{rate / ref:.2f} x the reference; {_data.load_avg()}", flush=True)
+    ref2 = _data.plain_keras_fit_rate(images[args.flights // 5:])
+    print(f"reference again at the end: {ref2:7.0f} images/s ({ref2 / ref:.2f} of the first)")
 
 
 if __name__ == "__main__":

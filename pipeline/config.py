@@ -155,6 +155,12 @@ class Settings:
         100, "Traffic changes: once this many flights have finished since an open change "
         "began, a training is queued (the new traffic is learnt that day, not at the next "
         "ADSB_TRAIN_CRON); 0 leaves it to the schedule.", minimum=0)
+    train_profile: str = _setting("auto", "What a training run fits: 'full' = the window and "
+                                  "folds as set; 'small' = at most 2 folds and the newest 6,000 "
+                                  "flights, under a third of full's work per epoch on a busy "
+                                  "site (a Raspberry Pi's night); 'auto' = small on a host with "
+                                  "at most 4 CPUs and under 6 GiB of memory, else full.",
+                                  choices=("auto", "full", "small"))
     metrics_host: str = _setting("127.0.0.1", "Address of the Prometheus /metrics and /healthz endpoint.")
     metrics_port: int = _setting(9108, "Port of the metrics endpoint (0 disables it).",
                                  minimum=0, maximum=65535)

@@ -41,6 +41,7 @@ kept and how many of them 1. or 2. would have left out.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -68,6 +69,11 @@ PATIENCE = 10                  # epochs without a better validation loss, at lea
 PATIENCE_STEPS = 200           # ... and at least this many batches: a few hundred flights make
                                # epochs of a handful of batches, and sparse images plateau for a
                                # while (all black) before the lines are learnt
+MIN_STEPS = 300                # the budget stops a fold only after this many batches: cut after
+                               # one epoch (4 batches of 57 flights), a run's folds had learnt no
+                               # line yet (lit-pixel recall of where 0.000) and the model was
+                               # rejected, which on a slow host would leave it without any model
+MIN_GAIN = 0.0                 # relative: an epoch is better when it lowers the loss by this share
 LEARNING_RATE = 2e-3
 # Seconds of the budget kept for scoring the folds and saving, per 1,000 flights.
 TAIL_S_PER_1000 = 3.0
@@ -78,6 +84,43 @@ RECALL_FLOOR = 0.5             # lit-pixel recall on validation flights, each ch
 MAX_WORSE = 0.2                # candidate loss may exceed the active one's by at most 20 %
 MAX_LIT_SPEARMAN = 0.9         # above this the score is a lit-pixel counter, not a model
 MIN_COMPARED = 20              # new flights needed to compare a candidate with the active model
+
+
+# ADSB_TRAIN_PROFILE (docs/model.md, "Small hosts"): what "small" changes, and which hosts
+# "auto" calls small (a Raspberry Pi 4 or 5 with 4 GB: 4 cores, ~3.7 GiB visible).
+SMALL_FOLDS = 2
+SMALL_MAX_FLIGHTS = 6000
+SMALL_HOST_CPUS = 4
+SMALL_HOST_MEMORY_GIB = 6.0
+
+
+def host_size() -> tuple[int, float]:
+    """(CPUs, total memory in GiB) of this host."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):
+        memory = float("inf")
+    return os.cpu_count() or 1, memory
+
+
+def profile(setting: str, cpus: int, memory_gib: float) -> str:
+    """'full' or 'small': the setting, or for 'auto' what the host's size calls for."""
+    if setting != "auto":
+        return setting
+    small = cpus <= SMALL_HOST_CPUS and memory_gib < SMALL_HOST_MEMORY_GIB
+    return "small" if small else "full"
+
+
+def with_profile(settings: Settings, host: tuple[int, float] | None = None) -> Settings:
+    """The settings a training run uses under ``ADSB_TRAIN_PROFILE``: 'small' caps the folds at
+    SMALL_FOLDS and the window at the newest SMALL_MAX_FLIGHTS flights (never raises them)."""
+    chosen = profile(settings.train_profile, *(host or host_size()))
+    if chosen == "full":
+        return settings
+    return dataclasses.replace(settings, train_folds=min(settings.train_folds, SMALL_FOLDS),
+                               train_max_flights=min(settings.train_max_flights,
+                                                     SMALL_MAX_FLIGHTS),
+                               train_profile=chosen)
 
 
 class TrainingRefused(RuntimeError):
@@ -127,7 +170,7 @@ def configure_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _callbacks(deadline: float, label: str, patience: int = PATIENCE):
+def _callbacks(deadline: float, label: str, patience: int = PATIENCE, min_epochs: int = 1):
     import keras
 
     class EpochLog(keras.callbacks.Callback):
@@ -149,19 +192,25 @@ def _callbacks(deadline: float, label: str, patience: int = PATIENCE):
             val = f" val_loss {logs['val_loss']:.5f}" if "val_loss" in logs else ""
             log.info("%s epoch %d: loss %.5f%s (%.1f s)", label, epoch + 1,
                      logs.get("loss", float("nan")), val, time.monotonic() - self.t0)
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and epoch + 1 >= min_epochs:
                 log.warning("%s: training budget reached after %d epochs", label, epoch + 1)
                 self.model.stop_training = True
 
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                         restore_best_weights=True)
+    class Stop(keras.callbacks.EarlyStopping):
+        """Early stopping on the validation loss; an epoch counts as better only when it lowers
+        the best loss by at least MIN_GAIN of it (0: any lower loss)."""
+
+        def _is_improvement(self, monitor_value, reference_value):
+            return reference_value is None or monitor_value < reference_value * (1 - MIN_GAIN)
+
+    stop = Stop(monitor="val_loss", patience=patience, restore_best_weights=True)
     return [EpochLog(), stop], stop
 
 
 def fit(train_images: Images, val_images: Images | None, *, seed: int, deadline: float,
         verbose: bool = False, loss: str | None = None, arch=None,
         max_epochs: int = MAX_EPOCHS, label: str = "fit", augment: bool = AUGMENT,
-        name: str = "autoencoder") -> FitOutcome:
+        name: str = "autoencoder", batch: int | None = None) -> FitOutcome:
     """One fit from scratch, early-stopped on the validation flights, best weights restored;
     without validation flights, exactly ``max_epochs`` epochs (or until the deadline).
     The images may be views (data.Subset of the window): batches are gathered as they are due."""
@@ -176,9 +225,9 @@ def fit(train_images: Images, val_images: Images | None, *, seed: int, deadline:
                   loss=errors.ReconstructionLoss(loss or errors.DEFAULT_LOSS))
     # Small windows (a fold of a day-one window holds a few dozen flights) get smaller batches:
     # at 64 an epoch of 70 images is 2 steps and 60 epochs left the where channel half learnt.
-    batch = batch_size(len(train_images))
+    batch = batch or batch_size(len(train_images))
     steps = math.ceil(len(train_images) / batch)
-    callbacks, stop = _callbacks(deadline, label, max(PATIENCE, math.ceil(PATIENCE_STEPS / steps)))
+    callbacks, stop = _callbacks(deadline, label, patience(steps), math.ceil(MIN_STEPS / steps))
     if val_images is None:
         callbacks.remove(stop)
     t0 = time.monotonic()
@@ -192,6 +241,12 @@ def fit(train_images: Images, val_images: Images | None, *, seed: int, deadline:
     best = int(np.nanargmin(val)) + 1 if val and np.isfinite(val).any() else epochs
     return FitOutcome(model, epochs, best, seconds, epochs * len(train_images) / max(seconds, 1e-9),
                       callbacks[0].durations)
+
+
+def patience(steps: int) -> int:
+    """Epochs without a better validation loss before a fit stops, for ``steps`` batches an
+    epoch: PATIENCE epochs and at least PATIENCE_STEPS batches."""
+    return max(PATIENCE, math.ceil(PATIENCE_STEPS / steps))
 
 
 def batch_size(n: int) -> int:
@@ -329,6 +384,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
         "image_format": raster.FORMAT, "channels": int(window.images.shape[-1]),
         "groups": list(errors.groups(window.images.shape[-1])),
         "normaliser": norm.to_json(), "seed": seed, "plain": plain, "folds": k,
+        "profile": profile(settings.train_profile, *host_size()),
         "augment": augment, "screen_k": settings.train_screen_k,
         "screen_min_tortuosity": settings.train_screen_min_tortuosity,
         "flag_rate": settings.flag_rate, "spearman_lit": rho,
@@ -434,6 +490,12 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
 
     t_start = time.monotonic()
     engine = engine or _make_engine(settings)
+    chosen = with_profile(settings)
+    if chosen is not settings:
+        log.info("ADSB_TRAIN_PROFILE %s: small (%d CPUs, %.1f GiB): at most %d folds and the "
+                 "newest %d flights", settings.train_profile, *host_size(), chosen.train_folds,
+                 chosen.train_max_flights)
+        settings = chosen
     seed = seed if seed is not None else settings.train_seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1      # recorded, so rerunnable
