@@ -459,14 +459,9 @@ def generate_days(days: int, flights_per_day: int, *, anomaly_fraction: float = 
         kinds = [NORMAL_KINDS[int(rng.integers(len(NORMAL_KINDS)))] for _ in range(n - k)]
         kinds += [anomaly_kinds[(n_anomalies + j) % len(anomaly_kinds)] for j in range(k)]
         n_anomalies += k
-        for kind in kinds:
-            f = make_flight(kind, f"{ICAO_PREFIX + int(next(addresses)):06x}", 0.0, c, rng,
-                            ref_lat, ref_lon, conditions)
-            if len(f.t) + 1.0 > day_s:
-                raise ValueError(f"day_s={day_s:g} s is shorter than a {kind} flight "
-                                 f"({len(f.t)} s)")
-            f.t = f.t + d * day_s + _start_in_day(rng, shape, day_s, len(f.t))
-            flights.append(f)
+        flights.extend(_fly_day(kinds, [f"{ICAO_PREFIX + int(next(addresses)):06x}"
+                                        for _ in kinds], d, conditions, c, rng, shape, ref_lat,
+                                ref_lon, day_s))
     flights.sort(key=lambda f: float(f.t[0]))
     return flights
 
@@ -481,14 +476,25 @@ def generate_day(day: int, conditions: DayConditions, n_normal: int, *,
     :func:`generate_days`' addresses."""
     c = Corridors.for_range(range_km)
     rng = np.random.default_rng([seed, day, 1])
-    shape = daily_shape()
     kinds = [NORMAL_KINDS[int(rng.integers(len(NORMAL_KINDS)))] for _ in range(n_normal)]
-    out = []
-    for i, kind in enumerate(kinds + list(patterns)):
-        f = make_flight(kind, f"{icao_base + i:06x}", 0.0, c, rng, ref_lat, ref_lon, conditions)
-        f.t = f.t + day * 86400.0 + _start_in_day(rng, shape, 86400.0, len(f.t))
-        out.append(f)
+    kinds += list(patterns)
+    out = _fly_day(kinds, [f"{icao_base + i:06x}" for i in range(len(kinds))], day, conditions,
+                   c, rng, daily_shape(), ref_lat, ref_lon, 86400.0)
     return sorted(out, key=lambda f: float(f.t[0]))
+
+
+def _fly_day(kinds: list[str], addresses: list[str], day: int, conditions: DayConditions,
+             c: Corridors, rng: np.random.Generator, shape: np.ndarray, ref_lat: float,
+             ref_lon: float, day_s: float) -> list[SimFlight]:
+    """One flight of each kind, each started at a time of day drawn from ``shape``."""
+    out = []
+    for kind, icao24 in zip(kinds, addresses):
+        f = make_flight(kind, icao24, 0.0, c, rng, ref_lat, ref_lon, conditions)
+        if len(f.t) + 1.0 > day_s:
+            raise ValueError(f"day_s={day_s:g} s is shorter than a {kind} flight ({len(f.t)} s)")
+        f.t = f.t + day * day_s + _start_in_day(rng, shape, day_s, len(f.t))
+        out.append(f)
+    return out
 
 
 # ---- ADS-B encoding ---------------------------------------------------------------------------

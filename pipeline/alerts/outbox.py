@@ -63,32 +63,33 @@ def enqueue(conn: sa.Connection, settings: Settings, model_id: int,
     if not flight_ids:
         return []
     bodies = message.bodies(conn, settings, model_id, flight_ids)
-    rows = [{"flight_id": b["flight_id"], "icao24": b["icao24"], "model_id": model_id,
-             "sink": sink, "payload": b} for b in bodies for sink in sinks(settings)]
-    if rows:
-        conn.execute(insert(alert_outbox).on_conflict_do_nothing(
-            index_elements=["icao24", "flight_id", "model_id", "sink"]), rows)
-    if settings.alert_notify_channel:
-        conn.execute(_NOTIFY, {"channel": settings.alert_notify_channel,
-                               "payloads": [message.encode(b).decode() for b in bodies]})
+    _write(conn, settings, model_id, bodies)
     log.info("new flags: %s", ", ".join(
         f"flight {b['flight_id']} {b['callsign'] or b['icao24']} ({b['channel']}, "
         f"x{b['score_ratio']})" for b in bodies))
     return bodies
 
 
-def enqueue_change(conn: sa.Connection, settings: Settings, model_id: int, change_id: int,
-                   flight_id: int) -> dict[str, Any]:
-    """The one alert of a traffic change, carried by ``flight_id`` (one of its flights whose
-    flag has not alerted on its own), in the caller's transaction. Returns the message."""
+def enqueue_change(conn: sa.Connection, settings: Settings, model_id: int,
+                   change_id: int) -> dict[str, Any]:
+    """The one alert of a traffic change, carried by the flight that opened it (one of its
+    flights whose flag has not alerted on its own), in the caller's transaction. Returns the
+    message."""
     b = message.change_body(conn, settings, change_id)
-    rows = [{"flight_id": flight_id, "icao24": b["icao24"], "model_id": model_id, "sink": sink,
-             "payload": b} for sink in sinks(settings)]
+    _write(conn, settings, model_id, [b])
+    log.info("traffic change %d: one alert (%s)", change_id, b["region"])
+    return b
+
+
+def _write(conn: sa.Connection, settings: Settings, model_id: int,
+           bodies: list[dict[str, Any]]) -> None:
+    """One outbox row per message and configured sink (keyed by the message's flight, so a
+    message is queued once), and one NOTIFY per message."""
+    rows = [{"flight_id": b["flight_id"], "icao24": b["icao24"], "model_id": model_id,
+             "sink": sink, "payload": b} for b in bodies for sink in sinks(settings)]
     if rows:
         conn.execute(insert(alert_outbox).on_conflict_do_nothing(
             index_elements=["icao24", "flight_id", "model_id", "sink"]), rows)
-    if settings.alert_notify_channel:
+    if settings.alert_notify_channel and bodies:
         conn.execute(_NOTIFY, {"channel": settings.alert_notify_channel,
-                               "payloads": [message.encode(b).decode()]})
-    log.info("traffic change %d: one alert (%s)", change_id, b["region"])
-    return b
+                               "payloads": [message.encode(b).decode() for b in bodies]})

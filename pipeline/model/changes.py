@@ -119,10 +119,11 @@ _COUNTS = sa.text("""
      WHERE f.site = :site AND f.model_id = :model AND f.score IS NOT NULL
        AND f.state = 'finished' AND f.last_seen > :s0 AND f.last_seen <= :end""")
 
-# The window's flags not yet part of a change, with what places them.
+# The window's flags not yet part of a change, with what places them (their images are read
+# only when a change opens: describe()).
 _FLAGS = sa.text("""
     SELECT f.id, f.icao24, f.first_seen, f.last_seen, s.channel, s.error_row, s.error_col,
-           f.min_altitude, f.image
+           f.min_altitude
       FROM flights f
       JOIN flight_scores s ON s.icao24 = f.icao24 AND s.flight_id = f.id
                           AND s.model_id = f.model_id
@@ -169,7 +170,7 @@ def review(conn: sa.Connection, settings: Settings, model: registry.ModelRow,
     joined = _join(conn, change, model, starts[0], end, set(batch_ids))
     _maybe_train(conn, settings, change)
     if end - window > change["detected_at"]:
-        n, _ = counts[0][1], counts[0][2]
+        n = counts[0][1]
         k_group = conn.execute(sa.text("""
             SELECT count(*) FROM flights f
               JOIN flight_scores s ON s.icao24 = f.icao24 AND s.flight_id = f.id
@@ -222,7 +223,7 @@ def _open(conn: sa.Connection, settings: Settings, model: registry.ModelRow, tri
                 change_id, model.site, trip.k, trip.n, f"{trip.since:%Y-%m-%d %H:%M}",
                 trip.n * settings.flag_rate, trip.p_value, channel, region)
     if carrier is not None and outbox.enabled(settings):
-        outbox.enqueue_change(conn, settings, model.id, change_id, carrier.id)
+        outbox.enqueue_change(conn, settings, model.id, change_id)
     change = conn.execute(sa.text("SELECT * FROM traffic_changes WHERE id = :id"),
                           {"id": change_id}).mappings().one()
     _maybe_train(conn, settings, change)
@@ -289,9 +290,13 @@ def describe(conn: sa.Connection, site: str, members: list[Any], channel: str,
     heading channel most of them light and how low they go."""
     range_km = conn.execute(sa.text("SELECT range_km FROM sites WHERE id = :s"),
                             {"s": site}).scalar() or default_range_km
-    images = decode_pngs([bytes(r.image) for r in members if r.image is not None])
+    blobs: dict[int, bytes] = {int(i): bytes(b) for i, b in conn.execute(sa.text(
+        "SELECT id, image FROM flights WHERE id = ANY(:ids) AND image IS NOT NULL"),
+        {"ids": [r.id for r in members]})}
+    drawn = [r for r in members if r.id in blobs]
+    images = decode_pngs([blobs[r.id] for r in drawn])
     xs, ys = [], []
-    for r, image in zip([r for r in members if r.image is not None], images):
+    for r, image in zip(drawn, images):
         if channel != "shape" and r.error_row is not None and r.error_col is not None:
             row, col = float(r.error_row), float(r.error_col)
         else:
