@@ -4,6 +4,7 @@ PNGs whether flights are drawn together or one at a time."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import tracemalloc
 
@@ -206,3 +207,58 @@ def test_stored_images_keep_every_channel_and_old_two_channel_images_still_decod
     assert raster.decode_png(old[0]).shape == (64, 64, 2)
     with pytest.raises(ValueError, match="channels"):
         raster.decode_pngs([pngs[0], old[0]])                    # formats never mixed
+
+
+def _awkward_tracks() -> list[tuple[np.ndarray, np.ndarray]]:
+    """1,200 tracks in km that probe every path of the drawing: wandering and straight flights
+    in and out of the frame, jumps across it, absurd and non-finite coordinates, positions
+    repeated or on half-pixel ties, hovering, one-position flights. Built from uniform draws
+    (NumPy's most stable random stream) and arithmetic, no trigonometry."""
+    rng = np.random.default_rng(2024)
+    km = 2 * RANGE_KM / raster.SIZE                          # one receiver-frame pixel
+    out = []
+    for i in range(1200):
+        n = 1 + int(rng.random() ** 3 * 600)                 # many short flights, a few long
+        u = rng.random((2, n))
+        kind = i % 8
+        if kind == 0:                                        # wandering, 0.05-2 km a step
+            xy = (rng.random((2, 1)) - 0.5) * 3 * RANGE_KM + np.cumsum(
+                (u - 0.5) * 4 * rng.random(), axis=1)
+        elif kind == 1:                                      # jumps across +-3 ranges
+            xy = (u - 0.5) * 6 * RANGE_KM
+        elif kind == 2:                                      # absurd: up to 1e300 km
+            xy = np.sign(u - 0.5) * 10.0 ** (rng.random((2, n)) * 300)
+        elif kind == 3:                                      # each position 1-6 times
+            xy = np.repeat((u - 0.5) * 2 * RANGE_KM, 1 + (rng.random(n) * 6).astype(int),
+                           axis=1)[:, :n]
+        elif kind == 4:                                      # on pixel centres and edges
+            xy = (np.floor(u * 160) / 2 - 40) * km
+        elif kind == 5:                                      # hovering: the 5 km minimum
+            xy = (rng.random((2, 1)) - 0.5) * 200 + (u - 0.5)
+        elif kind == 6:                                      # straight, up to 1e10 km long
+            start, end = (rng.random((2, 2)) - 0.5) * 10.0 ** (1 + rng.random((2, 1)) * 9)
+            xy = start[:, None] + (end - start)[:, None] * np.linspace(0, 1, n)
+        else:                                                # sane, with far jumps
+            xy = (rng.random((2, 1)) - 0.5) * 200 + np.cumsum(u - 0.5, axis=1)
+            xy[:, ::17] *= 10.0 ** (rng.random() * 12)
+        x, y = xy.copy()
+        if i % 13 == 0:                                      # NaN and infinities
+            x[(u[0] * n).astype(int)[:3]] = [np.nan, np.inf, -np.inf][:min(3, n)]
+        if i % 97 == 0:
+            y[:] = np.nan
+        out.append((x, y))
+    return out
+
+
+# The images of _awkward_tracks() as format 2 draws them (sha256 of images and sides).
+PINNED_LIT = 2_306_852
+PINNED_DIGEST = "cc653d44e25ccd3a1c3aab3e53d52c1285a952517ecdad4d4d67005edd5b6c92"
+
+
+def test_the_pixels_of_format_2_never_change():
+    """The models are trained on format-2 images and score new flights against them: a faster
+    drawing must light exactly the same pixels, for awkward tracks too. A deliberate change of
+    the drawing needs a new FORMAT (and redrawn images), and a new digest here."""
+    images, sides = raster.rasterize_many(*batch(_awkward_tracks()), RANGE_KM)
+    assert images.sum() == PINNED_LIT
+    assert hashlib.sha256(images.tobytes() + sides.tobytes()).hexdigest() == PINNED_DIGEST

@@ -28,6 +28,13 @@ along the other, so lines are 8-connected and every position's own pixel is lit.
 that leaves the frame is sampled only over the part inside it (Liang-Barsky), so absurd
 coordinates cost no more than a line across the frame. Pillow stays for decoding PNGs from
 other writers and for the pictures drawn for humans (:mod:`pipeline.flights.show`).
+
+Where the time goes (``bench/raster.py``): nearly half is setting the pixels, nearly every
+one a write to a cache line of the freshly allocated images (40 KB a flight) that must come
+from memory; the rest is passes over the positions. So the positions are projected into one contiguous buffer and
+only the pixel changes are converted to integers; sample k = 0 of a segment, its first pixel,
+is lit without sampling (most segments are one step long); and a segment's direction channel
+reuses the samples of the *where* channel rather than sampling the segment again.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def _rasterize(out: np.ndarray, x: np.ndarray, y: np.ndarray, offsets: np.ndarra
     base = np.arange(n, dtype=np.int64) * _PLANE
     scale = SIZE / (2.0 * range_km)
     with np.errstate(invalid="ignore", over="ignore"):        # inf and NaN: see _pixels
-        where = _pixels(x * scale + _HALF, _HALF - y * scale)
+        where = _pixels(x, y, scale, _HALF, _HALF)
         # Shape frame: bounding box (NaN ignored) + margin, at least MIN_SHAPE_SIDE_KM.
         x0, x1 = np.fmin.reduceat(x, starts), np.fmax.reduceat(x, starts)
         y0, y1 = np.fmin.reduceat(y, starts), np.fmax.reduceat(y, starts)
@@ -104,10 +111,10 @@ def _rasterize(out: np.ndarray, x: np.ndarray, y: np.ndarray, offsets: np.ndarra
         # (x - cx) * s + half, with the per-flight terms folded: x * s + (half - cx * s).
         col0 = _HALF - (x0 + x1) / 2 * s
         row0 = _HALF + (y0 + y1) / 2 * s
-        s_each = np.repeat(s, counts)
-        shape = _pixels(x * s_each + np.repeat(col0, counts), np.repeat(row0, counts) - y * s_each)
-    _draw(flat, base, starts, counts, where, x, y)
-    _draw(flat, base + SHAPE, starts, counts, shape)
+        shape = _pixels(x, y, np.repeat(s, counts), np.repeat(col0, counts),
+                        np.repeat(row0, counts))
+    _draw(flat, base, starts, where, x, y)
+    _draw(flat, base + SHAPE, starts, shape)
     return side
 
 
@@ -127,92 +134,123 @@ def rasterize(lat: np.ndarray, lon: np.ndarray, ref_lat: float, ref_lon: float,
     return rasterize_xy(x, y, range_km)
 
 
-def _pixels(col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Integer pixels (m, 2) = (column, row) of float pixel coordinates."""
-    pts = np.empty((col.size, 2), dtype=np.float64)
-    pts[:, 0] = col
-    pts[:, 1] = row
-    np.fmin(pts, _LIMIT, out=pts)           # fmin/fmax also send NaN to the limit
-    np.fmax(pts, -_LIMIT, out=pts)
-    return np.rint(pts, out=pts).astype(np.int32)
+def _pixels(x: np.ndarray, y: np.ndarray, scale: float | np.ndarray, col0: float | np.ndarray,
+            row0: float | np.ndarray) -> np.ndarray:
+    """Pixels (2, m) = (column, row) of positions in km: column x * scale + col0, row
+    row0 - y * scale (``scale``, ``col0``, ``row0``: one value, or one per position), rounded
+    and clamped to +-_LIMIT (NaN too), so that they convert exactly to int32.
+
+    Kept as integer-valued floats, one row per coordinate: every pass runs over contiguous
+    memory, into one buffer, and only the pixels kept by :func:`_draw` are converted."""
+    pix = np.empty((2, x.size))
+    np.multiply(x, scale, out=pix[0])
+    np.add(pix[0], col0, out=pix[0])
+    np.multiply(y, scale, out=pix[1])
+    np.subtract(row0, pix[1], out=pix[1])
+    np.fmin(pix, _LIMIT, out=pix)           # fmin/fmax also send NaN to the limit
+    np.fmax(pix, -_LIMIT, out=pix)
+    return np.rint(pix, out=pix)
 
 
-def _draw(flat: np.ndarray, base: np.ndarray, starts: np.ndarray, counts: np.ndarray,
-          pix: np.ndarray, x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+def _draw(flat: np.ndarray, base: np.ndarray, starts: np.ndarray, pix: np.ndarray,
+          x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
     """Set to 1, in ``flat`` (the batch's images, flattened), the lines through each flight's
-    pixels; flight i's pixel (col, row) is ``flat[base[i] + (row * 64 + col) * NCH]``. With the
-    positions in km (``x``, ``y``), every segment is drawn a second time into the direction
-    channel of its heading (``base + DIRECTION.start + sector``)."""
+    pixels ``pix`` (2, m) (:func:`_pixels`); flight i's pixel (col, row) is
+    ``flat[base[i] + (row * 64 + col) * NCH]``. With the positions in km (``x``, ``y``), every
+    segment is drawn a second time into the direction channel of its heading
+    (``base + DIRECTION.start + sector``)."""
     # At 1 position/s many consecutive positions share a pixel (a receiver-frame pixel is
-    # ~4 km wide); one int64 compare per point checks both coordinates at once.
-    packed = pix.view(np.int64).ravel()
-    moved = np.empty(packed.size, dtype=bool)
+    # ~4 km wide, a shape-frame one ~1 km): only the pixel changes are kept, and converted.
+    moved = np.empty(pix.shape[1], dtype=bool)
     moved[0] = True
-    np.not_equal(packed[1:], packed[:-1], out=moved[1:])
+    np.not_equal(pix[0, 1:], pix[0, :-1], out=moved[1:])
+    moved[1:] |= pix[1, 1:] != pix[1, :-1]
     moved[starts] = True
-    kept = pix[moved]                                             # (m, 2)
-    kept_n = np.add.reduceat(moved, starts, dtype=np.int64)
-    last = np.cumsum(kept_n) - 1                                 # each flight's last pixel
+    at = np.flatnonzero(moved)                                    # positions of kept pixels
+    kept = np.take(pix, at, axis=1).astype(np.int32)              # (2, k): col, row
+    first = np.searchsorted(at, starts)                           # each flight's first and
+    last = np.empty_like(first)                                   # last kept pixel
+    last[:-1] = first[1:] - 1
+    last[-1] = at.size - 1
     # Every kept pixel starts a segment to the next one of its flight; a flight's last pixel
     # starts an empty one (d = 0), which draws just that pixel.
     d = np.empty(kept.shape, dtype=np.int64)
-    np.subtract(kept[1:], kept[:-1], out=d[:-1], dtype=np.int64)
-    d[last] = 0
-    steps = np.maximum(np.abs(d[:, 0]), np.abs(d[:, 1]))        # n = max(|dx|, |dy|)
+    np.subtract(kept[:, 1:], kept[:, :-1], out=d[:, :-1], dtype=np.int64)
+    d[:, last] = 0
+    steps = np.maximum(np.abs(d[0]), np.abs(d[1]))              # n = max(|dx|, |dy|)
     inside = kept.view(np.uint32) < SIZE                          # negatives wrap to large
-    inside = inside[:, 0] & inside[:, 1]
+    inside = inside[0] & inside[1]
     whole = inside.copy()                                         # both ends in the frame
     whole[:-1] &= inside[1:]
     whole[last] = inside[last]
-    seg_base = np.repeat(base, kept_n)
-    cut = ~whole
-    k0, k1 = _clip(kept[cut], d[cut], steps[cut]) if cut.any() else (None, None)
+    seg_base = np.repeat(base, last - first + 1)
+    # Channel to draw each segment into a second time: its direction sector, or channel 0
+    # where the heading is unknown (those pixels are lit there anyway, so nothing changes).
+    chan = None if x is None or y is None else _channels(at, first, last, x, y)
 
-    def paint(seg: np.ndarray, use: np.ndarray | None = None) -> None:
-        w, c = (whole, cut) if use is None else (whole & use, cut & use)
-        _set_samples(flat, kept[w], d[w], steps[w], seg[w], None, None)
-        if k0 is not None and k1 is not None:
-            on = c[cut]                                           # cut segments to draw
-            _set_samples(flat, kept[c], d[c], steps[c], seg[c], k0[on], k1[on])
+    def paint(seg: np.ndarray, offset: np.ndarray) -> None:
+        """Light pixel ``offset`` (from the start of the segment's image) of segments ``seg``,
+        and the same pixel in the segment's direction channel."""
+        idx = seg_base[seg] + offset
+        flat[idx] = 1
+        if chan is not None:
+            idx += chan[seg]
+            flat[idx] = 1
 
-    paint(seg_base)
-    if x is not None and y is not None:
-        sector = _sectors(np.flatnonzero(moved), last, kept_n, x, y)
-        known = sector >= 0
-        paint(seg_base + DIRECTION.start + np.maximum(sector, 0), known)
+    # Sample k = 0 of every segment is its first pixel, drawn where it lies in the frame (a
+    # clipped segment from a pixel inside the frame starts at k0 = 0). Most segments are a
+    # single step (n = 1), so this one pass draws nearly all pixels without sampling.
+    own = np.flatnonzero(inside)
+    paint(own, kept[1, own] * np.int64(NCH * SIZE) + kept[0, own] * NCH)
+    # The other samples, k = 1..n-1, of the segments with both ends in the frame.
+    long = np.flatnonzero(whole & (steps > 1))
+    if long.size:
+        paint(*_samples(kept[:, long], d[:, long], steps[long], np.ones_like(long),
+                        steps[long] - 1, long, clip=False))
+    # Segments that leave the frame: only their samples that may round into it (Liang-Barsky).
+    cut = np.flatnonzero(~whole)
+    if cut.size:
+        k0, k1 = _clip(kept[:, cut], d[:, cut], steps[cut])
+        paint(*_samples(kept[:, cut], d[:, cut], steps[cut], k0, np.maximum(k1 - k0 + 1, 0),
+                        cut, clip=True))
 
 
-def _sectors(idx: np.ndarray, last: np.ndarray, kept_n: np.ndarray, x: np.ndarray,
-             y: np.ndarray) -> np.ndarray:
-    """Heading sector (0 = north .. 7 = north-west; -1 unknown) of the segment that starts at
-    each kept pixel: the chord between the positions of the previous and the next pixel change
-    of the same flight. Two pixel steps (~8 km in the fixed frame) average out position noise,
-    and a single position jittering across a pixel border cannot point the wrong way."""
-    first = last - kept_n + 1
-    j = np.arange(idx.size)
-    flight_first = np.repeat(first, kept_n)
-    flight_last = np.repeat(last, kept_n)
-    prev = idx[np.maximum(j - 1, flight_first)]
-    nxt = idx[np.minimum(j + 1, flight_last)]
+def _channels(at: np.ndarray, first: np.ndarray, last: np.ndarray, x: np.ndarray,
+              y: np.ndarray) -> np.ndarray:
+    """Direction channel (DIRECTION.start + sector, sector 0 = north .. 7 = north-west; WHERE
+    when unknown) of the segment that starts at each kept pixel (positions ``at``; flights'
+    first and last kept pixels ``first``, ``last``): the heading of the chord between the
+    positions of the previous and the next pixel change of the same flight. Two pixel steps
+    (~8 km in the fixed frame) average out position noise, and a single position jittering
+    across a pixel border cannot point the wrong way."""
+    prev = np.empty_like(at)
+    prev[1:] = at[:-1]
+    prev[first] = at[first]
+    nxt = np.empty_like(at)
+    nxt[:-1] = at[1:]
+    nxt[last] = at[last]
     dx, dy = x[nxt] - x[prev], y[nxt] - y[prev]
     with np.errstate(invalid="ignore"):
-        heading = np.degrees(np.arctan2(dx, dy)) % 360.0
-        sector = np.floor((heading + 180.0 / SECTORS) / (360.0 / SECTORS)) % SECTORS
+        heading = np.degrees(np.arctan2(dx, dy))                 # -180..180 (NaN: unknown)
+        # = heading % 360 (but for the sign of a zero), at a tenth of the float modulo's cost
+        heading = np.where(heading < 0, heading + 360.0, heading)
+        sector = np.floor((heading + 180.0 / SECTORS) / (360.0 / SECTORS))   # 0..8
     bad = ~np.isfinite(sector) | ((dx == 0) & (dy == 0))
-    return np.where(bad, -1, np.nan_to_num(sector)).astype(np.int64)
+    sector = np.where(bad, 0.0, sector).astype(np.int64) % SECTORS       # 8 is north again
+    return np.where(bad, WHERE, DIRECTION.start + sector)
 
 
 def _clip(a: np.ndarray, d: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Liang-Barsky: the samples k0..k1 (inclusive) of each segment a + k/n * d, k < n, that
-    may round into the frame (its continuous part within [-0.5, 63.5]^2, one sample of slack
-    on each side for rounding); k1 < k0 where none can."""
+    """Liang-Barsky: the samples k0..k1 (inclusive) of each segment a + k/n * d, k < n (a, d:
+    (2, m)), that may round into the frame (its continuous part within [-0.5, 63.5]^2, one
+    sample of slack on each side for rounding); k1 < k0 where none can."""
     a = a.astype(np.float64)
     d = d.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ta = (-0.5 - a) / d                   # d = 0: +-inf, so the axis never limits t
         tb = (SIZE - 0.5 - a) / d             # unless a lies outside: then t0 > t1
-    t0 = np.maximum(np.minimum(ta, tb).max(axis=1), 0.0)
-    t1 = np.minimum(np.maximum(ta, tb).min(axis=1), 1.0)
+    t0 = np.maximum(np.minimum(ta, tb).max(axis=0), 0.0)
+    t1 = np.minimum(np.maximum(ta, tb).min(axis=0), 1.0)
     hit = t0 <= t1
     n = np.maximum(steps, 1).astype(np.float64)
     k0 = np.floor(np.where(hit, t0, 0.0) * n) - 1
@@ -222,31 +260,24 @@ def _clip(a: np.ndarray, d: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, 
     return k0, k1
 
 
-def _set_samples(flat: np.ndarray, a: np.ndarray, d: np.ndarray, steps: np.ndarray,
-                 base: np.ndarray, k0: np.ndarray | None, k1: np.ndarray | None) -> None:
-    """DDA: pixel a + round(k / n * d) for k = k0..k1 of every segment (all k < n when k0 is
-    None: the segment lies inside the frame), set to 1 where inside the frame."""
-    n = np.maximum(steps, 1)
-    if k0 is None:
-        k0, many = np.zeros_like(n), n
-    else:
-        many = np.maximum(k1 - k0 + 1, 0)
+def _samples(a: np.ndarray, d: np.ndarray, steps: np.ndarray, k0: np.ndarray,
+             many: np.ndarray, seg: np.ndarray, clip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """DDA: pixels a + round(k / n * d) for k = k0 .. k0 + many - 1 of the segments ``seg``
+    (starting at pixels ``a``, (2, m); n = max(steps, 1)): the segment of each sample and the
+    pixel's offset in its image; with ``clip``, only the samples inside the frame."""
     total = int(many.sum())
-    if total == 0:
-        return
     first = np.cumsum(many) - many
     k = np.arange(total, dtype=np.int64) - np.repeat(first - k0, many)
-    inv = 1.0 / n
-    col = np.rint(k * np.repeat(d[:, 0] * inv, many))
-    row = np.rint(k * np.repeat(d[:, 1] * inv, many))
-    col += np.repeat(a[:, 0], many)
-    row += np.repeat(a[:, 1], many)
-    idx = np.repeat(base, many)
-    if k1 is not None:                        # clipped segments: keep samples inside only
+    inv = 1.0 / np.maximum(steps, 1)
+    col = np.rint(k * np.repeat(d[0] * inv, many))
+    row = np.rint(k * np.repeat(d[1] * inv, many))
+    col += np.repeat(a[0], many)
+    row += np.repeat(a[1], many)
+    seg = np.repeat(seg, many)
+    if clip:                                  # clipped segments: keep samples inside only
         keep = (col >= 0) & (col < SIZE) & (row >= 0) & (row < SIZE)
-        col, row, idx = col[keep], row[keep], idx[keep]
-    idx += (row * (NCH * SIZE) + col * NCH).astype(np.int64)
-    flat[idx] = 1
+        col, row, seg = col[keep], row[keep], seg[keep]
+    return seg, (row * (NCH * SIZE) + col * NCH).astype(np.int64)
 
 
 # ---- storage: one lossless 1-bit PNG, channels side by side (where | shape | direction...) ----
