@@ -151,6 +151,12 @@ class Settings:
     change_min_flags: int = _setting(
         5, "Traffic changes: never fewer flags than this in the window, however few flights.",
         minimum=2)
+    change_hold_min: float = _setting(
+        90.0, "Traffic changes: the webhook and MQTT alert of a flag carried by where or "
+        "direction waits this many minutes of the data clock (at most as long on the wall "
+        "clock) before it is sent; should a traffic change open meanwhile and take the flag "
+        "in, the change's one alert replaces it. Flags carried by shape, and the NOTIFY "
+        "channel, are never held. 0 sends every flag at once.", minimum=0, maximum=1440)
     change_train_flights: int = _setting(
         100, "Traffic changes: once this many flights have finished since an open change "
         "began, a training is queued (the new traffic is learnt that day, not at the next "

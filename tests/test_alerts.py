@@ -538,3 +538,45 @@ def test_a_failing_traffic_change_review_keeps_the_scores_and_every_flag_alerts(
     assert sorted(r.flight_id for r in _outbox(engine)) == flagged
     assert _q(engine, "SELECT count(*) FROM flights WHERE score IS NULL")[0][0] == 0
     assert "traffic changes not reviewed for this batch" in caplog.text
+
+
+def test_a_held_alert_waits_for_the_data_clock_and_a_change_withdraws_it(db, receiver):
+    """Flags carried by where or direction wait ADSB_CHANGE_HOLD_MIN for a traffic change to
+    take them in: not sent before, released by the data clock (or the wall clock), withdrawn
+    by a change while held, never once released."""
+    engine, settings, flagged = db
+    hook = receiver()
+    s = settings(alert_webhook_url=hook.url, change_hold_min=90)
+    score.score_pending(engine, s)
+    model_id = _q(engine, "SELECT id FROM models WHERE status = 'active'")[0][0]
+    ended = {r.id: r.last_seen for r in _q(engine, "SELECT id, last_seen FROM flights "
+                                                   "WHERE id = ANY(:i)", i=flagged)}
+    order = sorted(flagged, key=lambda f: (ended[f], f))
+    with engine.begin() as conn:           # the same flags, as if carried by where/direction
+        conn.execute(sa.text("DELETE FROM alert_outbox"))
+        outbox.enqueue(conn, s, model_id, flagged, held=set(flagged))
+    due = {r.flight_id: r.next_attempt_at - r.created_at for r in _outbox(engine)}
+    assert sorted(due) == flagged
+    assert all(89 * 60 <= d.total_seconds() <= 91 * 60 for d in due.values()), due
+    d = delivery.Deliverer(s)
+    assert d.deliver_due(engine).sent == 0 and hook.requests == []
+
+    # The data clock passes a hold after the first flight only: its alert alone goes.
+    with engine.begin() as conn:
+        assert outbox.release_held(conn, "default", ended[order[0]]) == 1
+    assert d.deliver_due(engine).sent == 1
+    assert [b["flight_id"] for b in hook.delivered()] == [order[0]]
+
+    # A traffic change takes in the second (held) and the first (already sent): only the held
+    # one is withdrawn; what reached the user stays in the outbox as sent.
+    with engine.begin() as conn:
+        assert outbox.absorb(conn, [order[0], order[1]]) == 1
+    left = {r.flight_id: r for r in _outbox(engine)}
+    assert order[1] not in left and left[order[0]].delivered_at is not None
+    assert sorted(left) == sorted(set(flagged) - {order[1]})
+
+    # Flags not held (the scorer holds only where/direction ones) are due at once.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM alert_outbox"))
+        outbox.enqueue(conn, s, model_id, flagged)
+    assert d.deliver_due(engine).sent == N_FLAGGED

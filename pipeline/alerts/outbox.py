@@ -57,13 +57,27 @@ def new_flags(conn: sa.Connection, flagged_ids: list[int]) -> list[int]:
 
 
 def enqueue(conn: sa.Connection, settings: Settings, model_id: int,
-            flight_ids: list[int]) -> list[dict[str, Any]]:
+            flight_ids: list[int], held: set[int] | frozenset[int] = frozenset()
+            ) -> list[dict[str, Any]]:
     """One outbox row per flight and configured sink, and one NOTIFY per flight, in the
-    caller's transaction (PostgreSQL delivers the NOTIFY on commit). Returns the messages."""
+    caller's transaction (PostgreSQL delivers the NOTIFY on commit). Returns the messages.
+
+    The rows of the flights in ``held`` wait ``ADSB_CHANGE_HOLD_MIN`` minutes of the wall clock
+    before the delivery job may send them; the scorer releases them sooner once as much of
+    the data clock has passed (:func:`release_held`), and a traffic change that takes one of
+    their flags in deletes its row (:func:`absorb`): the change's one alert replaces it. The
+    NOTIFY goes at once: it is the programs' feed of every flag, not the people's alert."""
     if not flight_ids:
         return []
     bodies = message.bodies(conn, settings, model_id, flight_ids)
     _write(conn, settings, model_id, bodies)
+    wait = [i for i in flight_ids if i in held]
+    if wait and settings.change_hold_min > 0:
+        conn.execute(sa.text("""
+            UPDATE alert_outbox SET next_attempt_at = now() + make_interval(secs => :s)
+             WHERE flight_id = ANY(:ids) AND model_id = :m AND attempts = 0
+               AND delivered_at IS NULL"""),
+                     {"s": settings.change_hold_min * 60.0, "ids": wait, "m": model_id})
     log.info("new flags: %s", ", ".join(
         f"flight {b['flight_id']} {b['callsign'] or b['icao24']} ({b['channel']}, "
         f"x{b['score_ratio']})" for b in bodies))
@@ -79,6 +93,33 @@ def enqueue_change(conn: sa.Connection, settings: Settings, model_id: int,
     _write(conn, settings, model_id, [b])
     log.info("traffic change %d: one alert (%s)", change_id, b["region"])
     return b
+
+
+# A held row: never tried, not yet due, not given up ('infinity'), a flag's.
+_HELD = """o.delivered_at IS NULL AND o.attempts = 0 AND o.next_attempt_at > now()
+           AND o.next_attempt_at < 'infinity' AND o.payload->>'event' = 'flag'"""
+
+
+def absorb(conn: sa.Connection, flight_ids: list[int]) -> int:
+    """Delete the held alerts of these flights (a traffic change took their flags in and
+    alerts once for all of them). Returns how many messages were withdrawn."""
+    if not flight_ids:
+        return 0
+    gone = conn.execute(sa.text(f"""
+        DELETE FROM alert_outbox o WHERE o.flight_id = ANY(:ids) AND {_HELD}
+        RETURNING o.flight_id"""), {"ids": flight_ids}).scalars().all()
+    return len(set(gone))
+
+
+def release_held(conn: sa.Connection, site: str, until: Any) -> int:
+    """Make the held alerts of the site's flights that ended at or before ``until`` (the data
+    clock minus the hold) due now. Returns how many flights' alerts were released."""
+    done = conn.execute(sa.text(f"""
+        UPDATE alert_outbox o SET next_attempt_at = now()
+          FROM flights f
+         WHERE f.id = o.flight_id AND f.icao24 = o.icao24 AND f.site = :site AND f.last_seen <= :until AND {_HELD}
+        RETURNING o.flight_id"""), {"site": site, "until": until}).scalars().all()
+    return len(set(done))
 
 
 def _write(conn: sa.Connection, settings: Settings, model_id: int,

@@ -19,6 +19,12 @@ the scorer asks here whether the flags of the newest hours are still chance:
   flights. Where they are is said in words from their largest-error pixels (the receiver
   frame) and the heading channel most of them light: "around 30 km E of the receiver,
   heading W, low". One alert goes out, carried by the newest of its flights.
+* **Hold.** The alert of a flag carried by *where* or *direction* waits
+  ``ADSB_CHANGE_HOLD_MIN`` of the data clock (as alert managers wait to group alerts): the
+  first flags of a change are evidence only together, and until the test trips each would
+  otherwise reach the user on its own. A change that opens takes the held alerts of its
+  flights back; the others are released once the data clock has moved a hold past their
+  flight (or as long has passed on the wall clock, should the traffic stop).
 * **While open**, every new flag of that group joins it instead of alerting on its own. A flag
   of another group (a pattern in *shape* while the change is in *where*) still alerts: it
   stands out from the changed traffic. Once ``ADSB_CHANGE_TRAIN_FLIGHTS`` flights have ended
@@ -150,6 +156,19 @@ def review(conn: sa.Connection, settings: Settings, model: registry.ModelRow,
                        {"ids": batch_ids}).scalar_one()
     if end is None:
         return set()
+    absorbed = _review(conn, settings, model, site, end, batch_ids)
+    if settings.change_hold_min > 0:
+        # Held alerts whose flights ended a hold ago (data clock) and no change took in go now.
+        released = outbox.release_held(conn, site,
+                                       end - dt.timedelta(minutes=settings.change_hold_min))
+        if released:
+            log.info("alerts of %d flags released after the hold: no traffic change took them in",
+                     released)
+    return absorbed
+
+
+def _review(conn: sa.Connection, settings: Settings, model: registry.ModelRow, site: str,
+            end: dt.datetime, batch_ids: list[int]) -> set[int]:
     window = dt.timedelta(hours=settings.change_window_h)
     starts = [end - window * part for part in PARTS]
     row = conn.execute(_COUNTS, {"site": site, "model": model.id, "end": end,
@@ -195,6 +214,7 @@ def _open(conn: sa.Connection, settings: Settings, model: registry.ModelRow, tri
         return set()
     channel = Counter(r.channel for r in routed).most_common(1)[0][0]
     members = [r for r in routed if r.channel == channel]
+    withdrawn = outbox.absorb(conn, [r.id for r in members])
     # The alert is carried by a flight whose flag has not alerted on its own (the outbox holds
     # one row per flight, model and sink): the batch's newest member, else the newest without.
     alerted = set(conn.execute(sa.text(
@@ -219,9 +239,10 @@ def _open(conn: sa.Connection, settings: Settings, model: registry.ModelRow, tri
     }).scalar_one()
     _attach(conn, change_id, [r.id for r in members])
     log.warning("traffic change %d at site %s: %d flags among %d flights since %s (the flag "
-                "rate allows %.1f; chance %.1g), carried by %s, %s; its flags alert once",
-                change_id, model.site, trip.k, trip.n, f"{trip.since:%Y-%m-%d %H:%M}",
-                trip.n * settings.flag_rate, trip.p_value, channel, region)
+                "rate allows %.1f; chance %.1g), carried by %s, %s; its flags alert once (%d "
+                "held alerts withdrawn)", change_id, model.site, trip.k, trip.n,
+                f"{trip.since:%Y-%m-%d %H:%M}", trip.n * settings.flag_rate, trip.p_value,
+                channel, region, withdrawn)
     if carrier is not None and outbox.enabled(settings):
         outbox.enqueue_change(conn, settings, model.id, change_id)
     change = conn.execute(sa.text("SELECT * FROM traffic_changes WHERE id = :id"),
@@ -240,6 +261,7 @@ def _join(conn: sa.Connection, change: Any, model: registry.ModelRow, since: dt.
     if not members:
         return set()
     _attach(conn, change["id"], [r.id for r in members])
+    outbox.absorb(conn, [r.id for r in members])
     conn.execute(sa.text("""
         UPDATE traffic_changes
            SET flights_flagged = (SELECT count(*) FROM flights WHERE traffic_change_id = :id),

@@ -223,12 +223,16 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
             "chs": out.top, "ers": out.error_row, "ecs": out.error_col,
             "recs": out.reconstructions})
         conn.execute(_UPDATE_FLIGHTS, params)
+        held: set[int] = set()
         if settings is not None:
             # Flags of a traffic change alert once, through the change (pipeline/model/changes.py).
             # In a savepoint: should the review fail, the scores stand and every flag alerts.
             try:
                 with conn.begin_nested():
                     absorbed = changes.review(conn, settings, row, ids)
+                if settings.change_alpha > 0:
+                    # Until a change could take them in, where/direction flags alert late.
+                    held = {ids[i] for i in hit.tolist() if out.top[i] in changes.GROUPS}
             except sa.exc.SQLAlchemyError as e:
                 log.error("traffic changes not reviewed for this batch (%s); its flags alert "
                           "one by one", str(e).splitlines()[0][:200])
@@ -236,7 +240,7 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
             alert = [i for i in alert if i not in absorbed]
         if alert:
             assert settings is not None
-            outbox.enqueue(conn, settings, row.id, alert)
+            outbox.enqueue(conn, settings, row.id, alert, held)
     if bad:
         # Marked as seen by this model (score unknown) so they are not retried every minute.
         conn.execute(sa.text("""UPDATE flights SET score = NULL, flagged = NULL, model_id = :m,
