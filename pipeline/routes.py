@@ -51,6 +51,11 @@ NOWHERE_KM = 15.0               # a low end this far from every airport lands no
 MIN_KM = 40.0                   # a clipped track shorter than this, or with fewer positions,
 MIN_POSITIONS = 30              # is too short to show a route
 END_ALT_FT = 2_000.0            # a transit's clipped ends keep the original's altitude +- this
+ROUTE_KM = 5.0                  # a flight within this distance of a position ...
+ROUTE_DEG = 30.0                # ... moving within this of its heading flies "there, that way"
+ROUTE_CELL_KM = 1.0             # FlownMap's grid: 1 km cells (positions move <= 0.7 km) ...
+ROUTE_SECTOR_DEG = 10.0         # ... and 10-degree heading sectors
+ROUTE_SECTORS = 36
 ANGLE_TRIES = 72                # random angles tried per candidate before giving up on it
 _END_ROWS = 5                   # an end's altitude: median of its first 5 known altitudes,
                                 # as the first row of a real track can be a 40,000 ft spike
@@ -231,6 +236,70 @@ def _nearest_site_km(lat: float, lon: float, sites: np.ndarray) -> float:
     return float(haversine_km(lat, lon, sites[:, 0], sites[:, 1]).min())
 
 
+# ---- where the traffic flies, and which way --------------------------------------------------
+class FlownMap:
+    """Where, and in which direction, the reference flights fly: a grid of ``ROUTE_CELL_KM``
+    cells x ``ROUTE_SECTOR_DEG`` heading sectors, each marked when a reference flight passed
+    within ``ROUTE_KM`` of the cell moving within ``ROUTE_DEG`` of the sector's heading.
+
+    A rotation can land a flight on another airway flown the same way (dense en-route
+    airspace has many): that flight then flies where, and the way, others fly, and is no route
+    anomaly whatever its label says. :meth:`off_route_share` measures how much of a flight
+    flies where nobody does, independently of any detector's images (finer than their
+    pixels, and over every reference flight, not a training window)."""
+
+    def __init__(self, tracks: Sequence[TrackLike], box: Box, ref_lat: float, ref_lon: float):
+        self.ref = (ref_lat, ref_lon)
+        x0, y0 = to_local_km(box.lat_min, box.lon_min, ref_lat, ref_lon)
+        x1, y1 = to_local_km(box.lat_max, box.lon_max, ref_lat, ref_lon)
+        pad = ROUTE_KM + ROUTE_CELL_KM
+        self.x0, self.y0 = float(x0) - pad, float(y0) - pad
+        self.shape = (int((float(x1) + pad - self.x0) / ROUTE_CELL_KM) + 1,
+                      int((float(y1) + pad - self.y0) / ROUTE_CELL_KM) + 1, ROUTE_SECTORS)
+        seen = np.zeros(self.shape, dtype=bool)
+        for tr in tracks:
+            ix, iy, sec = self._cells(tr.lat, tr.lon)
+            seen[ix, iy, sec] = True
+        # Dilate: a disk of ROUTE_KM in space, +-ROUTE_DEG in heading (sectors wrap round).
+        r = int(round(ROUTE_KM / ROUTE_CELL_KM))
+        near = np.zeros_like(seen)
+        for dx in range(-r, r + 1):
+            for dy in range(-r, r + 1):
+                if dx * dx + dy * dy <= r * r:
+                    near |= _shifted(seen, dx, dy)
+        k = int(round(ROUTE_DEG / ROUTE_SECTOR_DEG))
+        self.flown = np.zeros_like(near)
+        for ds in range(-k, k + 1):
+            self.flown |= np.roll(near, ds, axis=2)
+
+    def _cells(self, lat: np.ndarray, lon: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y = to_local_km(lat, lon, *self.ref)
+        heading = np.degrees(np.arctan2(np.gradient(x), np.gradient(y))) % 360.0 \
+            if len(x) > 1 else np.zeros(len(x))
+        ix = np.clip(((x - self.x0) / ROUTE_CELL_KM).astype(int), 0, self.shape[0] - 1)
+        iy = np.clip(((y - self.y0) / ROUTE_CELL_KM).astype(int), 0, self.shape[1] - 1)
+        sec = (heading // ROUTE_SECTOR_DEG).astype(int) % ROUTE_SECTORS
+        return ix, iy, sec
+
+    def off_route_share(self, lat: np.ndarray, lon: np.ndarray) -> float:
+        """Share of the positions at which no reference flight flew near, the same way."""
+        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        if len(lat) == 0:
+            return 0.0
+        ix, iy, sec = self._cells(lat, lon)
+        return float((~self.flown[ix, iy, sec]).mean())
+
+
+def _shifted(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``a`` moved by (dx, dy) cells, zeros shifted in (no wrap)."""
+    out = np.zeros_like(a)
+    nx, ny = a.shape[0], a.shape[1]
+    out[max(dx, 0):nx + min(dx, 0), max(dy, 0):ny + min(dy, 0)] = \
+        a[max(-dx, 0):nx - max(dx, 0), max(-dy, 0):ny - max(dy, 0)]
+    return out
+
+
 # ---- one rotation -------------------------------------------------------------------------
 def _try_rotation(tr: TrackLike, kind: str, angle: float, sites: np.ndarray, box: Box,
                   ref_lat: float, ref_lon: float):
@@ -277,19 +346,31 @@ def _fresh_callsign(original: str | None, taken: set[str], rng: np.random.Genera
 def rotated_flights(tracks: Sequence[TrackLike], fraction: float = 0.05, *, seed: int = 0,
                     min_angle_deg: float = 60.0, ref_lat: float = 48.88, ref_lon: float = 2.42,
                     box: Box = PARIS_BOX,
-                    airports: dict[str, tuple[float, float]] | None = None
+                    airports: dict[str, tuple[float, float]] | None = None,
+                    min_off_route: float = 0.0,
+                    reference: Sequence[TrackLike] | None = None
                     ) -> list[RouteAnomaly]:
     """Route anomalies made of ``fraction`` of each kind's candidates among ``tracks``
     (rounded, at least one where there is a candidate), each rotated by an angle of at least
     ``min_angle_deg`` either way. Candidates are taken in a random order and each is tried at
     up to ``ANGLE_TRIES`` random angles; one with no fair rotation is skipped, so a kind can
-    come out short. Deterministic for a seed; transits first, then approaches."""
+    come out short. Deterministic for a seed; transits first, then approaches.
+
+    ``min_off_route`` > 0 keeps a rotated transit only when at least that share of its
+    positions lies where no flight of ``reference`` (default ``tracks``) flew near, the same
+    way (:class:`FlownMap`): in dense en-route airspace a rotation often lands a flight on
+    another airway flown the same way, which makes no route anomaly. Approaches are kept as
+    before: their low end, far from every airport, is the anomaly."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be within [0, 1], not {fraction}")
     if not 0.0 < min_angle_deg <= 180.0:
         raise ValueError(f"min_angle_deg must be within (0, 180], not {min_angle_deg}")
+    if not 0.0 <= min_off_route <= 1.0:
+        raise ValueError(f"min_off_route must be within [0, 1], not {min_off_route}")
     rng = np.random.default_rng(seed)
     airports = AIRPORTS if airports is None else airports
+    flown = (FlownMap(tracks if reference is None else reference, box, ref_lat, ref_lon)
+             if min_off_route > 0 else None)
     sites = _sites(tracks, airports, box, ref_lat, ref_lon)
     kinds = [kind_of(tr, box=box, ref_lat=ref_lat, ref_lon=ref_lon) for tr in tracks]
     taken = {(tr.callsign or "").strip().upper() for tr in tracks}
@@ -307,6 +388,9 @@ def rotated_flights(tracks: Sequence[TrackLike], fraction: float = 0.05, *, seed
                 if got is None:
                     continue
                 lo, hi, lat, lon = got
+                if (flown is not None and kind == "rotated_transit"
+                        and flown.off_route_share(lat, lon) < min_off_route):
+                    continue
                 out.append(RouteAnomaly(
                     f"{ICAO_PREFIX + len(out):06x}", _fresh_callsign(tr.callsign, taken, rng),
                     kind, 1, np.asarray(tr.t[lo:hi], dtype=np.float64), lat, lon,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import config
+from pipeline import config, routes
 from pipeline.evaluation import realsite, samples
 from pipeline.geo import haversine_km, to_local_km
 
@@ -137,4 +137,8 @@ def test_the_week_flies_each_real_flight_once_on_one_day_at_its_own_time(folder)
                     and np.max(haversine_km(src.lat[idx], src.lon[idx], r.lat, r.lon)) > 50)
 
     assert all(any(turned(src, r) for src in sources) for r in rotated)
+    # ... and a route anomaly: at least half of it where no real flight flew the same way.
+    flown = routes.FlownMap(list(real.values()), realsite.SWISS_BOX, *realsite.SWISS_CENTRE)
+    assert min(flown.off_route_share(r.lat, r.lon) for r in rotated) >= \
+        realsite.ROUTES_MIN_OFF_ROUTE
     assert len({t.icao24 for t in week.tracks if t.label}) == sum(t.label for t in week.tracks)

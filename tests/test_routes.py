@@ -220,3 +220,37 @@ def test_beast_stream_decodes_to_the_rotated_tracks(paris, tmp_path):
             worst = max(worst, m)
     print(f"\nBeast: {n} frames, {got}/{sent} positions decoded, worst {worst * 1000:.1f} m")
     assert got > 0.95 * sent and worst < 0.05
+
+
+def test_the_flown_map_knows_where_and_which_way_flights_go():
+    rng = np.random.default_rng(4)
+    tracks = [_cruise(i, rng) for i in range(10)]
+    # Every flight of the map flies where it flies, the way it flies.
+    flown = routes.FlownMap(tracks, BOX, **REF)
+    assert all(flown.off_route_share(tr.lat, tr.lon) == 0.0 for tr in tracks)
+    one = routes.FlownMap(tracks[:1], BOX, **REF)
+    tr = tracks[0]
+    # Flown backwards it goes the way nobody does; 3 km aside, the same way, it is on its
+    # route (ROUTE_KM is 5); 15 km aside it is not.
+    assert one.off_route_share(tr.lat[::-1], tr.lon[::-1]) == 1.0
+    x, y = to_local_km(tr.lat, tr.lon, **REF)
+    d = np.array([x[-1] - x[0], y[-1] - y[0]])
+    normal = np.array([-d[1], d[0]]) / np.hypot(*d)
+    near = routes.to_latlon(x + 3 * normal[0], y + 3 * normal[1], **REF)
+    far = routes.to_latlon(x + 15 * normal[0], y + 15 * normal[1], **REF)
+    assert one.off_route_share(*near) == 0.0
+    assert one.off_route_share(*far) == 1.0
+
+
+def test_rotations_onto_a_route_flown_the_same_way_are_refused():
+    rng = np.random.default_rng(1)
+    tracks = [_cruise(i, rng) for i in range(80)]
+    loose = routes.rotated_flights(tracks, 0.5, seed=2)
+    strict = routes.rotated_flights(tracks, 0.5, seed=2, min_off_route=0.6)
+    flown = routes.FlownMap(tracks, BOX, **REF)
+    shares = [flown.off_route_share(a.lat, a.lon) for a in loose]
+    print(f"\noff-route share of unchecked rotations: min {min(shares):.2f}, "
+          f"median {np.median(shares):.2f}; {len(strict)} of {len(loose)} made with the check")
+    assert strict and all(flown.off_route_share(a.lat, a.lon) >= 0.6 for a in strict)
+    with pytest.raises(ValueError):
+        routes.rotated_flights(tracks, 0.5, min_off_route=1.5)

@@ -235,13 +235,19 @@ SWISS_AIRPORTS: dict[str, tuple[float, float]] = {
 }
 
 
+# A rotated transit of the week is a route anomaly only when at least half of its positions
+# lie where no real flight of the sample flew near the same way (routes.FlownMap: 5 km, 30
+# degrees). Without it, half of them flew >= 87 % of their length along an airway flown that way.
+ROUTES_MIN_OFF_ROUTE = 0.5
+
+
 def judged_day_start() -> dt.datetime:
     """Start of the week's last day: train before it, judge on it."""
     return SWISS_DAY + dt.timedelta(days=WEEK_DAYS - 1)
 
 
 def swiss_week(samples_dir: Path, *, fraction: float = 0.05, routes_fraction: float = 0.1,
-               seed: int = 0) -> Site:
+               seed: int = 0, min_off_route: float = ROUTES_MIN_OFF_ROUTE) -> Site:
     """A week at the Swiss site made of the real day: each real flight is flown on one of
     ``WEEK_DAYS`` days at its own time of day (no flight twice, ~180 a day); real patterns make
     ``fraction`` of each day; on the last day, ``routes_fraction`` of its flights are real
@@ -265,7 +271,8 @@ def swiss_week(samples_dir: Path, *, fraction: float = 0.05, routes_fraction: fl
     rotated = [Track(a.icao24, a.callsign, a.t, a.lat, a.lon, a.alt, 1, a.kind)
                for a in routes.rotated_flights(last, routes_fraction, seed=seed + 1,
                                                ref_lat=SWISS_CENTRE[0], ref_lon=SWISS_CENTRE[1],
-                                               box=SWISS_BOX, airports=SWISS_AIRPORTS)]
+                                               box=SWISS_BOX, airports=SWISS_AIRPORTS,
+                                               min_off_route=min_off_route, reference=real)]
     notes = [f"ordinary: {len(ordinary)} real flights of the traffic sample 'switzerland' "
              f"(2018-08-01), each flown on one of {WEEK_DAYS} days (from "
              f"{SWISS_DAY:%Y-%m-%d}) at its own time of day",
