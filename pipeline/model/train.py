@@ -372,11 +372,13 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
                     "shape channel raises flags; where and direction join once it spans more",
                     span_h, settings.routes_min_hours)
     norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity)
-    # The threshold comes from the scores without the shape floor, which then only takes flags
-    # away (see errors.Normaliser): set on capped scores it fell to the window's few curved
-    # flights, and on the Paris split flagged more ordinary flights than without the floor.
-    oof_scores = norm.score(groups)
-    thr = errors.flag_threshold(oof_scores, settings.flag_rate)
+    # The threshold comes from the scores as they will be judged, shape floor included (see
+    # errors.Normaliser), and never lies under 0, the median unseen flight: where fewer than
+    # ADSB_FLAG_RATE of the window can be flagged at all (straight en-route traffic, whose
+    # few curved flights are what the shape group is for) the quantile would otherwise fall
+    # among the floored flights.
+    oof_scores = norm.score(groups, window.tortuosity[keep])
+    thr = max(errors.flag_threshold(oof_scores, settings.flag_rate), 0.0)
     lit = data.lit_pixels(window.images)[keep]
     rho = errors.spearman(oof_scores, lit)
     params = {
