@@ -4,7 +4,7 @@ the 7-hour morning, judged on the afternoon it never saw, for several training s
 anomalies (real flights rotated about the centre) reported on their own.
 
     python bench/realsite.py [--site swiss|swiss-week] [--seeds 0,1,2] [--floor 1.3]
-                             [--fraction 0.05] [--keep]
+                             [--fraction 0.05] [--site-seed 0] [--keep]
 
 Prints evaluate's full report for each seed, then one line per seed and the spread of the
 figures the product promises (ordinary flag rate against ADSB_FLAG_RATE, flag precision and
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--floor", type=float, default=None,
                     help="ADSB_SHAPE_MIN_TORTUOSITY (default: the setting's default)")
     ap.add_argument("--fraction", type=float, default=0.05)
+    ap.add_argument("--site-seed", type=int, default=0,
+                    help="seed of the site's arrangement (days drawn, patterns placed, rotations)")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -46,8 +48,8 @@ def main() -> None:
     settings = config.load({}, overrides)
     try:
         week = args.site == "swiss-week"
-        site = (realsite.swiss_week if week else realsite.swiss)(samples.fetch(),
-                                                                  fraction=args.fraction)
+        site = (realsite.swiss_week if week else realsite.swiss)(
+            samples.fetch(), fraction=args.fraction, seed=args.site_seed)
         split = realsite.judged_day_start() if week else realsite.SWISS_SPLIT
         print("\n".join(site.notes))
         realsite.load(settings, site)
