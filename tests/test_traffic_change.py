@@ -98,7 +98,9 @@ def test_patterns_of_another_group_still_alert_on_their_own(site):
         change = conn.execute(sa.text("SELECT id, channel FROM traffic_changes")).one()
         rows = conn.execute(sa.text("""
             SELECT f.id, s.channel, f.traffic_change_id,
-                   EXISTS (SELECT 1 FROM alert_outbox o WHERE o.flight_id = f.id) AS alerted
+                   EXISTS (SELECT 1 FROM alert_outbox o WHERE o.flight_id = f.id) AS alerted,
+                   (SELECT max(o.next_attempt_at - o.created_at) FROM alert_outbox o
+                     WHERE o.flight_id = f.id) AS waited
               FROM flights f
               JOIN flight_scores s ON s.flight_id = f.id AND s.model_id = f.model_id
              WHERE f.flagged AND f.first_seen >= :d"""),
@@ -110,6 +112,8 @@ def test_patterns_of_another_group_still_alert_on_their_own(site):
     for r in rows:
         if r.channel != change.channel:
             assert r.traffic_change_id is None and r.alerted, r
+            if r.channel == "shape":      # patterns: sent at once, never held for a change
+                assert r.waited <= dt.timedelta(seconds=1), r
         else:
             assert r.traffic_change_id == change.id, r
 
