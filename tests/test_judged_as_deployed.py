@@ -79,7 +79,8 @@ def test_evaluate_command_with_a_time_split(week, tmp_path, capsys):
     until = w["last_day_start"].isoformat()
     args = argparse.Namespace(labels=str(labels), out=str(tmp_path / "s.csv"), train_until=until,
                               seed=2)
-    fast = settings.replace(train_budget_s=15)
+    # The command's plumbing is what is tested here: the smallest training that runs it.
+    fast = settings.replace(train_budget_s=15, train_folds=2)
     assert evaluate.command(fast, args) == 0
     text = capsys.readouterr().out
     assert "judged: flights that began at or after it (none trained on)" in text

@@ -68,7 +68,9 @@ def test_sigkill_of_the_trainer_keeps_the_previous_model(point, databases, tmp_p
     from pipeline.model import registry
 
     url, _ = hf.sim_database(databases, n_normal=30, n_anomalies=0)
-    settings = hf.model_settings(url, tmp_path / "data", train_budget_s=5, train_seed=1)
+    # Two folds: the kill points do not depend on how many (each fold runs MIN_STEPS batches).
+    settings = hf.model_settings(url, tmp_path / "data", train_budget_s=5, train_seed=1,
+                                 train_folds=2)
     engine = sa.create_engine(url)
     previous = activate_previous_model(engine, settings)
     before = sorted(p.name for p in settings.models_path.iterdir())
