@@ -95,10 +95,8 @@ def load_swiss(settings, fraction: float, seed: int) -> dict[str, int]:
     halves = realsite._interleaved(pool, np.random.default_rng(seed))
     judged_pool = [pool[i] for i in halves[0::2]]
     window_pool = [pool[i] for i in halves[1::2]]
-    day0, split = realsite.SWISS_DAY.timestamp(), realsite.SWISS_SPLIT.timestamp()
-    morning = (day0 + realsite.TRAFFIC_HOURS[0] * 3600, split)
-    afternoon = (split, day0 + realsite.TRAFFIC_HOURS[1] * 3600)
-    n_morning = sum(float(t.t[0]) < split for t in ordinary)
+    morning, afternoon = realsite.swiss_halves()
+    n_morning = sum(float(t.t[0]) < morning[1] for t in ordinary)
     place = partial(realsite.place_patterns, box=realsite.SWISS_BOX, centre=realsite.SWISS_CENTRE)
     judged = place(judged_pool, round(0.05 / 0.95 * (len(ordinary) - n_morning)),
                    np.random.default_rng(seed), windows=[afternoon])

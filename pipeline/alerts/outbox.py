@@ -72,7 +72,7 @@ def enqueue(conn: sa.Connection, settings: Settings, model_id: int,
     bodies = message.bodies(conn, settings, model_id, flight_ids)
     _write(conn, settings, model_id, bodies)
     wait = [i for i in flight_ids if i in held]
-    if wait and settings.change_hold_min > 0:
+    if wait:
         conn.execute(sa.text("""
             UPDATE alert_outbox SET next_attempt_at = now() + make_interval(secs => :s)
              WHERE flight_id = ANY(:ids) AND model_id = :m AND attempts = 0
@@ -117,7 +117,8 @@ def release_held(conn: sa.Connection, site: str, until: Any) -> int:
     done = conn.execute(sa.text(f"""
         UPDATE alert_outbox o SET next_attempt_at = now()
           FROM flights f
-         WHERE f.id = o.flight_id AND f.icao24 = o.icao24 AND f.site = :site AND f.last_seen <= :until AND {_HELD}
+         WHERE f.id = o.flight_id AND f.icao24 = o.icao24 AND f.site = :site
+           AND f.last_seen <= :until AND {_HELD}
         RETURNING o.flight_id"""), {"site": site, "until": until}).scalars().all()
     return len(set(done))
 

@@ -202,15 +202,20 @@ def _interleaved(pool: Sequence[Track], rng: np.random.Generator) -> list[int]:
     return [q[j] for j in range(max(map(len, per), default=0)) for q in per if j < len(q)]
 
 
+def swiss_halves() -> tuple[tuple[float, float], tuple[float, float]]:
+    """(start, end) in Unix seconds of the Swiss day's morning (trained on) and afternoon
+    (judged)."""
+    day0, split = SWISS_DAY.timestamp(), SWISS_SPLIT.timestamp()
+    return (day0 + TRAFFIC_HOURS[0] * 3600, split), (split, day0 + TRAFFIC_HOURS[1] * 3600)
+
+
 def swiss(samples_dir: Path, *, fraction: float = 0.05, seed: int = 0) -> Site:
     """The Swiss day plus real patterns making ``fraction`` of the flights of each half of the
     day (the 7-hour morning that is trained on and the afternoon that is judged), none of them
     flown twice."""
     ordinary = swiss_day(samples_dir)
     rng = np.random.default_rng(seed)
-    day0 = SWISS_DAY.timestamp()
-    split = SWISS_SPLIT.timestamp()
-    windows = [(day0 + TRAFFIC_HOURS[0] * 3600, split), (split, day0 + TRAFFIC_HOURS[1] * 3600)]
+    windows = list(swiss_halves())
     n = round(fraction / (1 - fraction) * len(ordinary)) if fraction else 0
     patterns = place_patterns(pattern_pool(samples_dir), n, rng, SWISS_BOX, SWISS_CENTRE,
                               windows)

@@ -230,7 +230,8 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
             try:
                 with conn.begin_nested():
                     absorbed = changes.review(conn, settings, row, ids)
-                if settings.change_alpha > 0 and row.site is not None:
+                if (settings.change_alpha > 0 and settings.change_hold_min > 0
+                        and row.site is not None):
                     # Until a change could take them in, where/direction flags alert late.
                     held = {ids[i] for i in hit.tolist() if out.top[i] in changes.GROUPS}
             except sa.exc.SQLAlchemyError as e:
