@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.geo import to_local_km
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame
 from pipeline.service.beast_server import BeastServer

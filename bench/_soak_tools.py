@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Iterable, Iterator
 
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame
 
 DAY_S = 86400.0

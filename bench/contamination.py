@@ -25,8 +25,8 @@ from functools import partial
 import sqlalchemy as sa
 
 import _data
-from pipeline import config, evaluate, simulate
-from pipeline.evaluation import realsite, samples
+from pipeline import config
+from pipeline.evaluation import evaluate, realsite, samples, simulate
 
 SPLIT = dt.datetime(2021, 10, 7, 13, 30, tzinfo=dt.timezone.utc)
 

@@ -62,8 +62,8 @@ from _network_tools import (  # noqa: E402
     transmission_index,
 )
 from _soak_tools import parse_metrics, proc_pss, proc_sample  # noqa: E402
-from pipeline import simulate  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
+from pipeline.evaluation import simulate  # noqa: E402
 from pipeline.flights.store import COMMIT_MARGIN  # noqa: E402
 from soak import Daemon, free_port  # noqa: E402
 

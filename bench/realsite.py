@@ -24,8 +24,8 @@ import numpy as np
 import sqlalchemy as sa
 
 import _data
-from pipeline import config, evaluate
-from pipeline.evaluation import realsite, samples
+from pipeline import config
+from pipeline.evaluation import evaluate, realsite, samples
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ from _soak_tools import (  # noqa: E402
     proc_pss,
     proc_sample,
 )
-from pipeline import simulate  # noqa: E402
+from pipeline.evaluation import simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1] if Path(

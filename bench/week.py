@@ -20,7 +20,8 @@ import sqlalchemy as sa
 
 import _data
 import sim_week  # noqa: E402  (tests/ is on the path through _data)
-from pipeline import config, evaluate
+from pipeline import config
+from pipeline.evaluation import evaluate
 from pipeline.model import autoencoder, data, train
 
 

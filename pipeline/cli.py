@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("score", "pipeline.model.score:command", "score finished flights with the active model")
     p.add_argument("--rescore", action="store_true",
                    help="re-score the last ADSB_RESCORE_DAYS with the active model")
-    p = command("evaluate", "pipeline.evaluate:command",
+    p = command("evaluate", "pipeline.evaluation.evaluate:command",
                 "rank quality of the active model and baselines against labelled aircraft")
     p.add_argument("--labels", required=True, metavar="CSV|db",
                    help="CSV with columns icao24,label[,kind] (1 = anomalous), or 'db': the "
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "only those that began at or after it (e.g. 2021-10-07T13:30:00Z)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the training")
     p.add_argument("--out", help="write a flight-level CSV of every score here")
-    p = command("simulate", "pipeline.simulate:command",
+    p = command("simulate", "pipeline.evaluation.simulate:command",
                 "write synthetic traffic with anomalies as a Beast file and a labels CSV; "
                 "--days N writes N consecutive days of one site (same corridors; volume, daily "
                 "shape, wind drift and speed, and runway direction vary by day, as at a real "

@@ -1,8 +1,8 @@
 """Finished flights with images for model tests and benchmarks, without the ingest stage.
 
 Tracks come from the Paris CSV (airborne rows, split per aircraft at gaps > 600 s) and from
-``pipeline.simulate``; they are rasterized with the project's rasterizer and inserted into
-``flights`` as finished flights. The newest position of every flight is also stored in
+``pipeline.evaluation.simulate``; they are rasterized with the project's rasterizer and inserted
+into ``flights`` as finished flights. The newest position of every flight is also stored in
 ``positions``, so that the data clock of the database is the capture's time (a replay).
 """
 
@@ -140,7 +140,7 @@ SIM_START = dt.datetime(2021, 10, 7, 12, 0, 1, tzinfo=dt.timezone.utc)
 
 def sim_database(databases, n_normal: int = 80, n_anomalies: int = 6, seed: int = 5):
     """URL of a fresh database holding simulated finished flights, and their tracks."""
-    from pipeline import simulate
+    from pipeline.evaluation import simulate
 
     url = databases.create()
     tracks = sim_tracks(simulate.generate(n_normal, n_anomalies, seed=seed,

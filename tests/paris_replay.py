@@ -11,7 +11,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipeline import config, routes, simulate
+from pipeline import config
+from pipeline.evaluation import routes, simulate
 from pipeline.flights import store
 from pipeline.receiver.ingest import ingest_file
 
@@ -31,8 +32,9 @@ def load(engine: sa.Engine, fraction: float, data_dir: Path, seed: int = 0,
          routes_fraction: float = 0.0, kinds: dict[str, str] | None = None) -> dict[str, int]:
     """Replay the Paris day plus ``fraction`` (of all flights) injected pattern anomalies and
     ``routes_fraction`` of its real flights rotated about the receiver (approaches to nowhere,
-    :mod:`pipeline.routes`) into the database of ``engine`` and close every flight. Returns
-    labels per icao24 (1 = injected); ``kinds``, when given, receives each anomaly's kind."""
+    :mod:`pipeline.evaluation.routes`) into the database of ``engine`` and close every flight.
+    Returns labels per icao24 (1 = injected); ``kinds``, when given, receives each anomaly's
+    kind."""
     url = engine.url.render_as_string(hide_password=False)
     settings = config.load({}, {"database_url": url, "data_dir": str(data_dir),
                                 "receiver_lat": 48.88, "receiver_lon": 2.42, "range_km": 121.0})

@@ -15,8 +15,8 @@ import datetime as dt
 import sqlalchemy as sa
 
 from helpers_flights import insert_tracks, sim_tracks
-from pipeline import simulate
 from pipeline.config import Settings
+from pipeline.evaluation import simulate
 from pipeline.model import score, train
 
 START = simulate.WEEK_START

@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from helpers_flights import Track, insert_tracks, sim_tracks
-from pipeline import routes, simulate
+from pipeline.evaluation import routes, simulate
 
 WEEK_START = simulate.WEEK_START            # a Monday: day 0 of generate_days is one
 

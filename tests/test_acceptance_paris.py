@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 import paris_replay
 from conftest import need
-from pipeline import config, evaluate, simulate
+from pipeline import config
+from pipeline.evaluation import evaluate, simulate
 from pipeline.model import score, train
 
 pytestmark = pytest.mark.slow

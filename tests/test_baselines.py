@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from pipeline import baselines as bl
+from pipeline.evaluation import baselines as bl
 
 SIZE = 64
 # One-way corridors in pixel coordinates (col, row) of the where frame, row 0 north.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.receiver.avr import format_frame
 from pipeline.receiver.beast import (
     COUNTER_HZ,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline import evaluate
+from pipeline.evaluation import evaluate
 
 
 def test_metrics_match_scikit_learn():

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from conftest import PARIS_CSV, PARIS_LAT, PARIS_LON, PARIS_RANGE_KM, need
 from helpers_flights import paris_tracks
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.flights import features, ragged, raster
 from pipeline.geo import to_local_km
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 import helpers_flights as hf
 import sim_week
-from pipeline import evaluate
+from pipeline.evaluation import evaluate
 
 pytestmark = pytest.mark.slow
 

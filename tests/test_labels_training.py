@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 import helpers_flights as hf
-from pipeline import cli, evaluate
+from pipeline import cli
+from pipeline.evaluation import evaluate
 from pipeline.model import data, train
 
 pytestmark = pytest.mark.slow

@@ -37,10 +37,9 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
      "the flag's own transaction (model/score.py imports alerts/outbox.py)"),
     ("model", ("pipeline.model",),
      "trains on track images and scores flights: the flags"),
-    ("evaluation", ("pipeline.evaluate", "pipeline.evaluation", "pipeline.baselines",
-                    "pipeline.simulate", "pipeline.routes"),
-     "judges the model beside baselines on simulated (simulate.py draws Beast frames with "
-     "receiver/beast.py) or labelled traffic; the model never imports it"),
+    ("evaluation", ("pipeline.evaluation",),
+     "judges the model beside baselines on simulated (evaluation/simulate.py draws Beast frames "
+     "with receiver/beast.py) or labelled traffic; the model never imports it"),
     ("web", ("pipeline.web",),
      "the pages people read, served and written (report.py): they read flights, scores and "
      "models from db, and are started by the service"),

@@ -27,7 +27,7 @@ from _network_tools import (  # noqa: E402
     pieces,
     transmission_index,
 )
-from pipeline import simulate  # noqa: E402
+from pipeline.evaluation import simulate  # noqa: E402
 from pipeline.geo import to_local_km  # noqa: E402
 from pipeline.receiver.beast import COUNTER_HZ, BeastParser  # noqa: E402
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline import config, routes
-from pipeline.evaluation import realsite, samples
+from pipeline import config
+from pipeline.evaluation import realsite, routes, samples
 from pipeline.geo import haversine_km, to_local_km
 
 

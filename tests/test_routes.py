@@ -12,10 +12,10 @@ from pyModeS.util import crc
 
 from conftest import PARIS_CSV, need
 from helpers_flights import Track, paris_tracks
-from pipeline import routes
+from pipeline.evaluation import routes
+from pipeline.evaluation.simulate import KT_TO_KMS, PARIS_WINDOW_START
 from pipeline.geo import haversine_km, to_local_km
 from pipeline.receiver.beast import BeastParser
-from pipeline.simulate import KT_TO_KMS, PARIS_WINDOW_START
 
 REF = {"ref_lat": 48.88, "ref_lon": 2.42}
 BOX = routes.PARIS_BOX

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from pyModeS.util import crc
 
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.geo import to_local_km
 from pipeline.receiver.beast import BeastParser
 

@@ -28,7 +28,7 @@ from _soak_tools import (  # noqa: E402
     parse_metrics,
     proc_sample,
 )
-from pipeline import simulate  # noqa: E402
+from pipeline.evaluation import simulate  # noqa: E402
 from pipeline.receiver.beast import BeastParser  # noqa: E402
 
 

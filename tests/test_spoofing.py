@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import PARIS_LAT, PARIS_LON, PARIS_RANGE_KM
 from helpers_positions import UTC, copy_positions, track
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.flights import segment, store
 from pipeline.receiver import decode
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame

@@ -34,9 +34,10 @@ from starlette.testclient import TestClient
 import flagged_data
 import helpers_flights as hf
 from conftest import PARIS_LAT, PARIS_LON, PARIS_RANGE_KM
-from pipeline import config, simulate
+from pipeline import config
 from pipeline.db import partitions
 from pipeline.db.schema import flight_labels, flight_scores, flights, pipeline_state, positions
+from pipeline.evaluation import simulate
 from pipeline.flights import raster
 from pipeline.model import registry
 from pipeline.model.score import reconstruction_png

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from pipeline.simulate import NORMAL_KINDS
+from pipeline.evaluation.simulate import NORMAL_KINDS
 from pipeline.web.app import create_app
 from pipeline.web.server import WebServer
 from test_web import build_site, labels, site_settings

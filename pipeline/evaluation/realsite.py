@@ -39,10 +39,10 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.evaluation import samples
+from pipeline.evaluation.routes import Box, edge_depth_km, to_latlon
 from pipeline.evaluation.samples import Track
 from pipeline.flights import features
 from pipeline.geo import to_local_km
-from pipeline.routes import Box, edge_depth_km, to_latlon
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def swiss_week(samples_dir: Path, *, fraction: float = 0.05, routes_fraction: fl
     flights of that day rotated about the site's centre (route anomalies, kind
     ``rotated_transit``). The sample is en-route traffic only (every position above 30,000 ft):
     there is no runway whose direction could change, and no approach to rotate."""
-    from pipeline import routes
+    from pipeline.evaluation import routes
 
     rng = np.random.default_rng(seed)
     day_s = 86400.0

@@ -82,7 +82,7 @@ def fetch(dest: Path | None = None) -> Path:
 @dataclass
 class Track:
     """One flight of a sample: times (Unix s), positions, barometric altitude (ft, NaN where
-    unknown); the shape :mod:`pipeline.routes` reads."""
+    unknown); the shape :mod:`pipeline.evaluation.routes` reads."""
 
     icao24: str
     callsign: str | None

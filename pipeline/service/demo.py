@@ -21,10 +21,10 @@ from types import SimpleNamespace
 
 import sqlalchemy as sa
 
-from pipeline import simulate
 from pipeline.config import Settings
 from pipeline.db import migrate
 from pipeline.db.engine import make_engine, plain_url
+from pipeline.evaluation import simulate
 from pipeline.service.beast_server import BeastServer
 from pipeline.service.serve import install_signal_handlers, serve
 

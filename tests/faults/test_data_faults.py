@@ -15,7 +15,8 @@ from pyModeS.util import crc
 
 from _ingest_support import airborne_csv, claim_errors, ingest_bytes, paris_frames, stored_rows
 from conftest import PARIS_BEAST, PARIS_CSV, need
-from pipeline import config, simulate
+from pipeline import config
+from pipeline.evaluation import simulate
 from pipeline.receiver.beast import COUNTER_HZ, encode_frame
 
 pytestmark = pytest.mark.slow

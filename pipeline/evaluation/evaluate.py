@@ -8,8 +8,8 @@ prints, for the combined score and each channel group alone (where, direction, s
 average precision, precision@k (k = number of anomalous judged flights), the ordinary flag rate
 (share of label-0 flights above the threshold), flag precision and recall; the ratio of the
 median reconstruction errors of unseen and seen ordinary flights (the model's gap); and the
-baselines of :mod:`pipeline.baselines` fitted on the same training flights, plus tortuosity and
-turning.
+baselines of :mod:`pipeline.evaluation.baselines` fitted on the same training flights, plus
+tortuosity and turning.
 With a ``kind`` column in the labels, every kind of anomaly is also ranked on its own against
 the ordinary flights (a rotated transit is not a circling flight).
 
@@ -206,7 +206,7 @@ def _model_columns(group_scores: np.ndarray, names: tuple[str, ...], normaliser
 
 
 def _baseline_columns(train_images: np.ndarray, f: Flights) -> dict[str, np.ndarray]:
-    from pipeline import baselines
+    from pipeline.evaluation import baselines
 
     cols = {name: baselines.BASELINES[name](train_images, f.images)
             for name in baselines.available(f.images.shape[-1])}

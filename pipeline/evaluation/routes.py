@@ -20,10 +20,11 @@ edge stays within ``EDGE_KM`` of it, an end that was deeper inside gets no deepe
 not clipped away; and a transit's clipped ends keep the original's entry and exit altitudes.
 
 Each anomaly gets a fresh address from an unassigned block (``ICAO_PREFIX``, apart from
-:mod:`pipeline.simulate`'s) and a fresh callsign (the original flies at the same time: two
-aircraft with one callsign would be a leak of their own). Timestamps and altitudes are the
-original's. :func:`write_beast` encodes the anomalies with :mod:`pipeline.simulate`'s encoders
-as a stream aligned to the Paris capture; :func:`write_labels` writes ``icao24,label,kind``.
+:mod:`pipeline.evaluation.simulate`'s) and a fresh callsign (the original flies at the same time:
+two aircraft with one callsign would be a leak of their own). Timestamps and altitudes are the
+original's. :func:`write_beast` encodes the anomalies with
+:mod:`pipeline.evaluation.simulate`'s encoders as a stream aligned to the Paris capture;
+:func:`write_labels` writes ``icao24,label,kind``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from pipeline import simulate
+from pipeline.evaluation import simulate
 from pipeline.geo import EARTH_RADIUS_KM, haversine_km, to_local_km
 
 KINDS = ("rotated_transit", "approach_nowhere")
@@ -402,7 +403,7 @@ def rotated_flights(tracks: Sequence[TrackLike], fraction: float = 0.05, *, seed
 
 # ---- as a Beast stream ----------------------------------------------------------------------
 def to_sim_flight(a: RouteAnomaly, start_unix: float) -> simulate.SimFlight:
-    """The anomaly as :class:`pipeline.simulate.SimFlight` (``t`` from ``start_unix``).
+    """The anomaly as :class:`pipeline.evaluation.simulate.SimFlight` (``t`` from ``start_unix``).
 
     Positions without an altitude are left out (the encoder has no "altitude unknown"), so
     every value sent is a real one, rotated. Ground speed, track and vertical rate are
