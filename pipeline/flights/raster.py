@@ -230,14 +230,35 @@ def _channels(at: np.ndarray, first: np.ndarray, last: np.ndarray, x: np.ndarray
     nxt[:-1] = at[1:]
     nxt[last] = at[last]
     dx, dy = x[nxt] - x[prev], y[nxt] - y[prev]
-    with np.errstate(invalid="ignore"):
-        heading = np.degrees(np.arctan2(dx, dy))                 # -180..180 (NaN: unknown)
-        # = heading % 360 (but for the sign of a zero), at a tenth of the float modulo's cost
-        heading = np.where(heading < 0, heading + 360.0, heading)
-        sector = np.floor((heading + 180.0 / SECTORS) / (360.0 / SECTORS))   # 0..8
-    bad = ~np.isfinite(sector) | ((dx == 0) & (dy == 0))
-    sector = np.where(bad, 0.0, sector).astype(np.int64) % SECTORS       # 8 is north again
-    return np.where(bad, WHERE, DIRECTION.start + sector)
+    sector = _sector(dx, dy)
+    return np.where(sector < 0, WHERE, DIRECTION.start + sector)
+
+
+# tan(22.5 degrees): the sector borders lie at 22.5 + k * 45 degrees.
+_TAN_HALF_SECTOR = 0.41421356237309503
+
+
+def _sector(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Sector (0 = north .. 7 = north-west, 45 degrees each) of the headings (dx east, dy north),
+    -1 where there is none (no move, NaN).
+
+    By products and comparisons, not by arctan2: those round the same way on every CPU, while
+    NumPy picks its arctan2 by the CPU's vector instructions (another implementation where
+    AVX-512 is found), and their last bits differ; a heading within those bits of a border fell
+    in the other sector, so the images pinned in tests/test_flights_raster.py on one machine
+    did not match those drawn on another. The same sectors as floor((heading + 22.5) / 45)
+    mod 8 up to such ties, and cheaper."""
+    ax, ay = np.abs(dx), np.abs(dy)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # "== 0": a product of a tiny (subnormal) component can round to 0.
+        vertical = (ax == 0) | (ax < _TAN_HALF_SECTOR * ay)
+        horizontal = ~vertical & ((ay == 0) | (ay < _TAN_HALF_SECTOR * ax))
+    east, north = dx > 0, dy > 0
+    diagonal = np.where(east, np.where(north, 1, 3), np.where(north, 7, 5))
+    sector = np.where(vertical, np.where(north, 0, 4),
+                      np.where(horizontal, np.where(east, 2, 6), diagonal))
+    bad = np.isnan(dx) | np.isnan(dy) | ((dx == 0) & (dy == 0))
+    return np.where(bad, -1, sector)
 
 
 def _clip(a: np.ndarray, d: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
