@@ -71,7 +71,9 @@ def test_the_model_ranks_at_least_as_well_as_every_baseline_fitted_on_the_same_d
         assert rows["model"].ap >= b.ap - 0.02, b.name
 
 
-def test_evaluate_command_with_a_time_split(week, tmp_path, capsys):
+def test_evaluate_command_with_a_time_split(week, tmp_path, capsys, monkeypatch):
+    from pipeline.model import train
+
     engine, settings, w, _, _ = week
     labels = tmp_path / "labels.csv"
     labels.write_text("icao24,label,kind\n" + "".join(
@@ -79,8 +81,10 @@ def test_evaluate_command_with_a_time_split(week, tmp_path, capsys):
     until = w["last_day_start"].isoformat()
     args = argparse.Namespace(labels=str(labels), out=str(tmp_path / "s.csv"), train_until=until,
                               seed=2)
-    # The command's plumbing is what is tested here: the smallest training that runs it.
-    fast = settings.replace(train_budget_s=15, train_folds=2)
+    # The command's plumbing is what is tested here: the smallest training that runs it (the
+    # budget alone does not stop a fold before MIN_STEPS batches, ~20 s a fold here).
+    monkeypatch.setattr(train, "MIN_STEPS", 20)
+    fast = settings.replace(train_budget_s=10, train_folds=2)
     assert evaluate.command(fast, args) == 0
     text = capsys.readouterr().out
     assert "judged: flights that began at or after it (none trained on)" in text

@@ -42,8 +42,17 @@ os.replace = replace
 }
 
 
+# The smallest training that reaches the kill points: a fold of 15 flights is one batch an
+# epoch, so the default MIN_STEPS and PATIENCE_STEPS (300 and 200 batches) kept each fold for
+# 200 epochs (~40 s a fold); what is tested does not depend on how long the fit runs.
+FAST_FIT = '''
+from pipeline.model import train as _train
+_train.MIN_STEPS, _train.PATIENCE_STEPS = 20, 10
+'''
+
+
 def killed_trainer(point: str) -> list[str]:
-    return [sys.executable, "-c", "import os, signal, sys\n" + KILL_AT[point]
+    return [sys.executable, "-c", "import os, signal, sys\n" + FAST_FIT + KILL_AT[point]
             + "from pipeline import cli\nsys.exit(cli.main(['train', '--quiet', '--plain']))"]
 
 
@@ -68,7 +77,7 @@ def test_sigkill_of_the_trainer_keeps_the_previous_model(point, databases, tmp_p
     from pipeline.model import registry
 
     url, _ = hf.sim_database(databases, n_normal=30, n_anomalies=0)
-    # Two folds: the kill points do not depend on how many (each fold runs MIN_STEPS batches).
+    # Two folds: the kill points do not depend on how many.
     settings = hf.model_settings(url, tmp_path / "data", train_budget_s=5, train_seed=1,
                                  train_folds=2)
     engine = sa.create_engine(url)
