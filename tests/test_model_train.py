@@ -229,3 +229,44 @@ def test_a_nearly_straight_flight_cannot_flag_through_shape_but_can_through_wher
     assert old.shape_min_tortuosity is None
     np.testing.assert_array_equal(old.channels(odd, tort), old.channels(odd))
     assert errors.Normaliser.fit(errs, None, 0.0).shape_min_tortuosity is None
+
+
+def _drive(callback, model, losses):
+    """Feed ``losses`` as the epochs' validation losses, the weights set to the epoch number
+    at each; (epoch that asked to stop or None, the weights left at the end)."""
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    stopped = None
+    for epoch, loss in enumerate(losses):
+        model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
+        callback.on_epoch_end(epoch, {"loss": loss, "val_loss": loss})
+        if model.stop_training:
+            stopped = epoch
+            break
+    callback.on_train_end()
+    return stopped, float(model.get_weights()[0].flat[0])
+
+
+@pytest.mark.parametrize("losses", [
+    [5, 4, 4.5, 4.2, 3.9, 4, 4, 4, 4],             # better late, then patience runs out
+    [5, 5, 5, 5, 5, 5],                             # never better than the first epoch
+    [5, 4, 3, 2, 1],                                # better every epoch: never stops
+    [5, float("nan"), 4, float("nan"), float("nan"), float("nan"), 4.5],
+])
+def test_early_stopping_is_keras_early_stopping(losses, monkeypatch):
+    """The trainer's early stopping (relative gain, public callback API) stops at the same epoch
+    and restores the same weights as Keras' EarlyStopping(restore_best_weights=True) with a
+    gain of 0; with a gain of 10 %, a smaller improvement does not reset the patience."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ours = train._callbacks(math.inf, "test", patience=3)[1]
+    theirs = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3,
+                                           restore_best_weights=True)
+    assert _drive(ours, model, losses) == _drive(theirs, model, losses)
+
+    monkeypatch.setattr(train, "MIN_GAIN", 0.1)
+    stopped, weights = _drive(train._callbacks(math.inf, "test", patience=3)[1], model,
+                              [10, 9.5, 9.2, 8.0, 7.9, 7.8, 7.7])
+    assert (stopped, weights) == (6, 3.0)           # 8.0 is 10 % better than 10; 7.7 is not

@@ -196,14 +196,37 @@ def _callbacks(deadline: float, label: str, patience: int = PATIENCE, min_epochs
                 log.warning("%s: training budget reached after %d epochs", label, epoch + 1)
                 self.model.stop_training = True
 
-    class Stop(keras.callbacks.EarlyStopping):
-        """Early stopping on the validation loss; an epoch counts as better only when it lowers
-        the best loss by at least MIN_GAIN of it (0: any lower loss)."""
+    class Stop(keras.callbacks.Callback):
+        """Early stopping on the validation loss, the best epoch's weights restored at the end
+        (what EarlyStopping(restore_best_weights=True) does); an epoch counts as better only
+        when it lowers the best loss by at least MIN_GAIN of it (0: any lower loss). Written on
+        the public Callback API: EarlyStopping's min_delta is absolute, and a relative gain
+        would have to override its private _is_improvement."""
 
-        def _is_improvement(self, monitor_value, reference_value):
-            return reference_value is None or monitor_value < reference_value * (1 - MIN_GAIN)
+        def __init__(self, patience: int) -> None:
+            super().__init__()
+            self.patience = patience
 
-    stop = Stop(monitor="val_loss", patience=patience, restore_best_weights=True)
+        def on_train_begin(self, logs=None):
+            self.wait, self.best, self.best_weights = 0, math.inf, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            current = (logs or {}).get("val_loss")
+            if current is None:
+                return
+            if self.best_weights is None:
+                self.best_weights = self.model.get_weights()
+            self.wait += 1
+            if current < self.best * (1 - MIN_GAIN):
+                self.best, self.best_weights, self.wait = current, self.model.get_weights(), 0
+            elif self.wait >= self.patience and epoch > 0:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    stop = Stop(patience)
     return [EpochLog(), stop], stop
 
 
