@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# Image channel layout contract of pipeline/flights/raster.py (being implemented there now):
+# Image channel layout contract of pipeline/flights/raster.py:
 # channel 0 = "where" (fixed frame centred on the receiver, +-range_km, row 0 north),
 # channel 1 = "shape" (the flight's own frame), channels 2..9 = "direction": the fixed frame
 # split by heading of travel into 8 sectors, channel 2 + k lit where the flight moved with a
