@@ -92,9 +92,7 @@ def load_swiss(settings, fraction: float, seed: int) -> dict[str, int]:
     folder = samples.fetch()
     ordinary = realsite.swiss_day(folder)
     pool = realsite.pattern_pool(folder)
-    halves = realsite._interleaved(pool, np.random.default_rng(seed))
-    judged_pool = [pool[i] for i in halves[0::2]]
-    window_pool = [pool[i] for i in halves[1::2]]
+    judged_pool, window_pool = realsite.split_pool(pool, np.random.default_rng(seed))
     morning, afternoon = realsite.swiss_halves()
     n_morning = sum(float(t.t[0]) < morning[1] for t in ordinary)
     place = partial(realsite.place_patterns, box=realsite.SWISS_BOX, centre=realsite.SWISS_CENTRE)

@@ -95,8 +95,9 @@ def main() -> None:
         a, b = judge(args, site_seed)
         lines += a
         route_lines += b
-    flag_rate = config.load({}, {}).flag_rate
-    floor = args.floor if args.floor is not None else config.load({}, {}).shape_min_tortuosity
+    defaults = config.load({}, {})
+    flag_rate = defaults.flag_rate
+    floor = args.floor if args.floor is not None else defaults.shape_min_tortuosity
     print(f"\nfloor {floor}, flag rate set to {flag_rate}")
     print("site seed  ord flag  flag P  flag R   AUC     AP   | tortuosity AUC  AP")
     for v in lines:

@@ -142,3 +142,13 @@ def test_the_week_flies_each_real_flight_once_on_one_day_at_its_own_time(folder)
     assert min(flown.off_route_share(r.lat, r.lon) for r in rotated) >= \
         realsite.ROUTES_MIN_OFF_ROUTE
     assert len({t.icao24 for t in week.tracks if t.label}) == sum(t.label for t in week.tracks)
+
+
+def test_the_pool_splits_into_two_halves_that_share_no_flight(folder):
+    pool = realsite.pattern_pool(folder)
+    judged, window = realsite.split_pool(pool, np.random.default_rng(3))
+    ids = [id(t) for t in judged + window]
+    assert len(ids) == len(set(ids)) == len(pool)            # every flight, in one half only
+    assert abs(len(judged) - len(window)) <= 1
+    again, _ = realsite.split_pool(pool, np.random.default_rng(3))
+    assert [id(t) for t in again] == [id(t) for t in judged]  # the seed decides

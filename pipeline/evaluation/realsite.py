@@ -202,6 +202,15 @@ def _interleaved(pool: Sequence[Track], rng: np.random.Generator) -> list[int]:
     return [q[j] for j in range(max(map(len, per), default=0)) for q in per if j < len(q)]
 
 
+def split_pool(pool: Sequence[Track], rng: np.random.Generator
+               ) -> tuple[list[Track], list[Track]]:
+    """``pool`` dealt into two halves that share no flight, alternately from the order that
+    takes a kind at a time: patterns to judge by and patterns to put in a training window, so
+    that no judged pattern was trained on."""
+    order = _interleaved(pool, rng)
+    return [pool[i] for i in order[0::2]], [pool[i] for i in order[1::2]]
+
+
 def swiss_halves() -> tuple[tuple[float, float], tuple[float, float]]:
     """(start, end) in Unix seconds of the Swiss day's morning (trained on) and afternoon
     (judged)."""
