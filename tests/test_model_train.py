@@ -200,6 +200,82 @@ def test_normaliser_scores_only_the_groups_it_was_told_to_and_survives_json():
     assert errors.Normaliser.from_json({"median": [0, 0], "scale": [1, 1]}).scored is None
 
 
+def _corridor_logits(channels: int = 10) -> np.ndarray:
+    """Logits of a model that has learnt one east-west corridor (row 32, heading east): its
+    pixels p = 0.95, everything else p = 0.002."""
+    logits = np.full((64, 64, channels), np.log(0.002 / 0.998), dtype=np.float32)
+    for c in (0, 1, 2 + 2):                          # where, shape, direction east
+        logits[32, :, c] = np.log(0.95 / 0.05)
+    return logits
+
+
+def test_channel_terms_are_the_loss_the_surprise_at_lit_pixels_and_their_count():
+    rng = np.random.default_rng(2)
+    y = (rng.random((3, 64, 64, 10)) < 0.03).astype(np.float32)
+    logits = rng.normal(-3, 2, (3, 64, 64, 10)).astype(np.float32)
+    terms = errors.channel_terms(y, logits).numpy()
+    np.testing.assert_allclose(terms[..., errors.LOSS], errors.channel_errors(y, logits).numpy())
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    np.testing.assert_allclose(terms[..., errors.SURPRISE], (-np.log(p) * y).sum(axis=(1, 2)),
+                               rtol=1e-4)
+    np.testing.assert_array_equal(terms[..., errors.LIT], y.sum(axis=(1, 2)))
+
+
+def test_route_groups_score_surprise_per_lit_pixel_so_a_long_flight_is_not_odd_for_length():
+    """A long flight on the corridor whose last 20 pixels leave it, against a short flight of
+    12 pixels where nobody flies: summed over the picture (the old measure) the long one is the
+    odder; per lit pixel (the measure now) the short one is, by far, in where and direction.
+    Shape keeps its loss in both."""
+    logits = _corridor_logits()
+    long_, short = np.zeros((64, 64, 10), np.float32), np.zeros((64, 64, 10), np.float32)
+    for c in (0, 4):
+        long_[32, :60, c] = 1                        # 60 pixels on the corridor ...
+        long_[33:53, 59, c] = 1                      # ... and 20 off it at the end
+        short[10, 20:32, c] = 1                      # 12 pixels nobody flies
+    long_[32, :60, 1] = short[32, 26:38, 1] = 1
+    terms = errors.channel_terms(np.stack([long_, short]), np.stack([logits, logits])).numpy()
+    old, new = errors.group_errors(terms, "pixels"), errors.group_errors(terms, "lit")
+    np.testing.assert_allclose(old, errors.group_losses(terms))
+    assert old[0, 0] > old[1, 0] and old[0, 2] > old[1, 2]
+    assert new[1, 0] > 3 * new[0, 0] and new[1, 2] > 3 * new[0, 2]
+    assert new[0, 0] == pytest.approx((60 * -np.log(0.95) + 20 * -np.log(0.002)) / 80, rel=1e-4)
+    np.testing.assert_array_equal(new[:, 1], old[:, 1])
+    # A flight with no lit pixel in a group scores 0 there, not NaN.
+    empty = errors.channel_terms(np.zeros((1, 64, 64, 10), np.float32), logits[None]).numpy()
+    assert errors.group_errors(empty, "lit")[0, [0, 2]].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown error measure"):
+        errors.group_errors(terms, "sum")
+
+
+def test_a_model_keeps_the_measure_it_was_calibrated_with():
+    rng = np.random.default_rng(4)
+    terms = np.abs(rng.normal(1, 0.2, (50, 10, 3))) + 1
+    norm = errors.Normaliser.fit(errors.group_errors(terms, "lit"), None, 1.3, "lit")
+    again = errors.Normaliser.from_json(norm.to_json())
+    assert again == norm and again.measure == "lit"
+    np.testing.assert_array_equal(again.groups(terms), errors.group_errors(terms, "lit"))
+    # Saved before the measure was stored: calibrated on the losses, scored on them.
+    old = errors.Normaliser.from_json({"median": [1, 1, 1], "scale": [0.1, 0.1, 0.1]})
+    assert old.measure == "pixels"
+    np.testing.assert_array_equal(old.groups(terms), errors.group_losses(terms))
+
+
+def test_the_flagged_pixel_of_a_route_group_is_one_the_flight_crossed():
+    logits = _corridor_logits()
+    logits[32, 40:, [0, 4]] = 30.0                   # the corridor's far end: p = 1
+    logits[5, 50, [0, 4]] = np.log(0.7 / 0.3)        # where the model mostly expects someone
+    image = np.zeros((1, 64, 64, 10), np.uint8)
+    image[0, 32, :40, [0, 4]] = 1                    # on the corridor, not to its far end ...
+    image[0, 5, 50, [0, 4]] = 1                      # ... and one pixel off it
+    probs = 1 / (1 + np.exp(-logits[None].astype(np.float64)))
+    for group in (0, 2):                             # where, direction
+        lit = errors.error_pixels(image, probs, np.array([group]), measure="lit")
+        assert lit[0].tolist() == [5, 50]
+        # Over the whole picture the largest error is the far end the flight did not fly.
+        whole = errors.error_pixels(image, probs, np.array([group]))
+        assert whole[0, 0] == 32 and whole[0, 1] >= 40
+
+
 def test_a_nearly_straight_flight_cannot_flag_through_shape_but_can_through_where():
     """The shape floor: below it a flight's shape score is pressed under the median of unseen
     flights (0), order kept; where and direction are untouched; unknown tortuosity is not

@@ -183,7 +183,7 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
     row = s.model
     n = len(images)
     errs, _ = s.forward(tf.convert_to_tensor(images, tf.float32))
-    ch = s.normaliser.channels(errors.group_errors(errs.numpy()), tortuosity)
+    ch = s.normaliser.channels(s.normaliser.groups(errs.numpy()), tortuosity)
     scores = s.normaliser.combine(ch)
     flags = scores > row.threshold
     names = errors.groups(s.channels)
@@ -197,7 +197,8 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
         _, probs = s.pictures(tf.convert_to_tensor(flagged, tf.float32))
         probs = probs.numpy()
         pix = errors.error_pixels(flagged, probs, top_group[hit],
-                                  row.params.get("pos_weight", errors.POS_WEIGHT))
+                                  row.params.get("pos_weight", errors.POS_WEIGHT),
+                                  s.normaliser.measure)
         for j, (i, (r, c)) in enumerate(zip(hit.tolist(), pix.tolist())):
             er[i], ec[i] = r, c
             recs[i] = reconstruction_png(probs[j])

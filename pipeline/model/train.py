@@ -283,7 +283,7 @@ class CrossFit:
 
     members: list[Any]
     fold: np.ndarray                  # fold of each flight fitted
-    oof_errors: np.ndarray            # (n, C) channel errors, each from the model that left it out
+    oof_errors: np.ndarray            # (n, C, 3) channel terms, each from the model that left it out
     lit_counts: np.ndarray            # (groups, 3): true lit, predicted lit, both (out of fold)
     fits: list[FitOutcome]
 
@@ -308,7 +308,7 @@ def cross_fit(images: Images, k: int, *, seed: int, start: float, budget: float,
     loss = loss or errors.DEFAULT_LOSS
     n = len(images)
     fold = data.folds(n, k, np.random.default_rng(seed), first_seen)
-    oof = np.zeros((n, images.shape[-1]))
+    oof = np.zeros((n, images.shape[-1], 3))
     m = errors.group_matrix(images.shape[-1]) > 0
     counts = np.zeros((m.shape[1], 3))
     tail = TAIL_S_PER_1000 * n / 1000
@@ -384,7 +384,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
                       augment=augment,
                       first_seen=window.first_seen[keep] if blocked_folds else None)
     model = autoencoder.ensemble(cross.members, window.images.shape[-1])
-    groups = errors.group_errors(cross.oof_errors)
+    groups = errors.group_errors(cross.oof_errors, errors.MEASURE)
     names = errors.groups(window.images.shape[-1])
     span_h = float((window.first_seen[keep].max() - window.first_seen[keep].min())
                    / np.timedelta64(1, "h")) if keep.any() else 0.0
@@ -394,7 +394,7 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
         log.warning("the window spans %.1f h of traffic (< ADSB_ROUTES_MIN_HOURS %g): only the "
                     "shape channel raises flags; where and direction join once it spans more",
                     span_h, settings.routes_min_hours)
-    norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity)
+    norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity, errors.MEASURE)
     # The threshold comes from the scores as they will be judged, shape floor included (see
     # errors.Normaliser), and never lies under 0, the median unseen flight: where fewer than
     # ADSB_FLAG_RATE of the window can be flagged at all (straight en-route traffic, whose
@@ -429,7 +429,8 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
              "out-of-fold scores above it)", k, int(keep.sum()), n, time.monotonic() - t_start,
              thr, 100 * float((oof_scores > thr).mean()))
     return Candidate(model, norm, thr, keep, excluded, cross, oof_scores,
-                     float(groups.mean()), cross.recall_precision(), rho,
+                     float(errors.group_losses(cross.oof_errors).mean()),
+                     cross.recall_precision(), rho,
                      time.monotonic() - t_start, params)
 
 
@@ -565,7 +566,7 @@ def run_training(settings: Settings, *, seed: int | None = None, plain: bool = F
     new_fit = new[cand.keep]
     active_loss = _loss_of_active(
         current, data.Subset(window.images, np.flatnonzero(cand.keep)[new_fit]), params)
-    cand_loss = float(errors.group_errors(cand.cross.oof_errors[new_fit]).mean()) \
+    cand_loss = float(errors.group_losses(cand.cross.oof_errors[new_fit]).mean()) \
         if active_loss is not None else cand.val_loss
     params["active_val_loss"] = active_loss
     params["compared_on"] = int(new_fit.sum()) if active_loss is not None else 0
@@ -623,7 +624,7 @@ def _loss_of_active(current, images: Images, params: dict) -> float | None:
         return None
     errs = errors.errors_of(model, images, params["loss"],
                             current.params.get("pos_weight", errors.POS_WEIGHT))
-    return float(errors.group_errors(errs).mean())
+    return float(errors.group_losses(errs).mean())
 
 
 def promotion_problem(val_loss: float, recalls: tuple[float, float], spearman_lit: float,
