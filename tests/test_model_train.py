@@ -276,6 +276,56 @@ def test_the_flagged_pixel_of_a_route_group_is_one_the_flight_crossed():
         assert whole[0, 0] == 32 and whole[0, 1] >= 40
 
 
+def test_a_tail_reads_a_score_as_the_share_of_unseen_flights_as_high():
+    rng = np.random.default_rng(6)
+    unseen = rng.exponential(2.0, 50_000)
+    tail = errors.Tail.fit(unseen)
+    x = np.array([0.5, 2.0, 4.0, 6.0, 9.0, 14.0, 20.0])
+    # Within the sample: -log10 of the empirical share; beyond it, the fitted exponential,
+    # which for an exponential sample is the truth: -log10 exp(-x / 2).
+    np.testing.assert_allclose(tail.rarity(x), x / 2 / np.log(10), rtol=0.03)
+    assert tail.rarity(np.array([-5.0, unseen.min()])).tolist() == [0.0, 0.0]
+    grid = np.linspace(-1, 40, 2000)
+    assert np.all(np.diff(tail.rarity(grid)) >= 0)
+    # Tied quantiles (a group where most flights score the same) keep it a function of x.
+    tied = errors.Tail.fit(np.r_[np.zeros(800), rng.exponential(1.0, 200)])
+    assert tied.rarity(np.array([-1e-9]))[0] == 0.0
+    assert tied.rarity(np.array([0.0, 1e-9])) == pytest.approx(-np.log10(0.2), abs=0.03)
+    assert np.all(np.diff(tied.rarity(grid)) >= 0)
+    flat = errors.Tail.fit(np.ones(100))
+    assert flat.mean_excess == errors.MIN_MEAN_EXCESS and flat.rarity(np.array([2.0]))[0] > 100
+    assert errors.Tail.from_json(tail.to_json()) == tail
+
+
+def test_rarities_share_the_flag_rate_between_groups_with_different_tails():
+    """Three independent groups, spread normalised alike but with a heavy, a light and a
+    medium tail. Maxed as spreads the heavy one takes nearly every flag (a pattern that is
+    1-in-1,000 in shape loses to a 1-in-30 route error); maxed as rarities each group takes
+    about a third, and the threshold still flags the set rate of new flights."""
+    rng = np.random.default_rng(7)
+
+    def draw(n):
+        return np.stack([rng.pareto(1.5, n), rng.normal(0, 1, n), rng.exponential(1, n)], 1)
+
+    window, new = draw(20_000), draw(20_000)
+    spread = errors.Normaliser.fit(window)
+    rare = spread.with_tails(window)
+    for norm, heavy_share in ((spread, 0.9), (rare, 0.45)):
+        thr = errors.flag_threshold(norm.score(window), 0.01)
+        ch = norm.channels(new)
+        flagged = norm.combine(ch) > thr
+        assert flagged.mean() == pytest.approx(0.01, abs=0.002)
+        shares = np.bincount(norm.top(ch)[flagged], minlength=3) / flagged.sum()
+        if norm is spread:
+            assert shares[0] > heavy_share
+        else:
+            assert shares.max() < heavy_share and shares.min() > 0.2
+    assert rare.median_score() == pytest.approx(-np.log10(0.5), abs=0.01)
+    assert spread.median_score() == 0.0
+    assert errors.Normaliser.from_json(rare.to_json()) == rare
+    assert errors.Normaliser.from_json(spread.to_json()).tails is None
+
+
 def test_a_nearly_straight_flight_cannot_flag_through_shape_but_can_through_where():
     """The shape floor: below it a flight's shape score is pressed under the median of unseen
     flights (0), order kept; where and direction are untouched; unknown tortuosity is not

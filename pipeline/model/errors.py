@@ -24,15 +24,21 @@ measure ranked route anomalies at AUC 0.980 / 0.944 instead of 0.967 / 0.924 (ar
 0 and 2) and flagged fewer ordinary flights (docs/model.md, "Route groups"). Models saved before
 it carry no measure and score as they were calibrated ("pixels": every group its loss).
 
-Score = max over groups of the group error normalised against flights the model never trained
-on (median and MAD per group of the out-of-fold errors, see train.py). The groups have very
-different error scales, so a plain sum is dominated by one of them; the max lets any group alone
-raise a flag: an off-corridor transit is unusual in *where*, a flight against the traffic in
-*direction*, an orbit mostly in *shape*.
+Score = max over groups of the group's *rarity*: how rare its error is among flights the model
+never trained on (the out-of-fold errors, see train.py), as -log10 of the share of them that
+score higher (:class:`Tail`): 2 is one ordinary flight in a hundred, 3 one in a thousand. The
+max lets any group alone raise a flag: an off-corridor transit is unusual in *where*, a flight
+against the traffic in *direction*, an orbit mostly in *shape*. Why rarities, not the errors in
+robust spreads (median and MAD, still the first step): the groups' tails differ, and the
+heaviest took the flags. On the Swiss week *where* put 10 % of unseen ordinary flights beyond
+7 spreads and 1 % beyond 66, so a glider 20 spreads out in *shape* ranked below ordinary
+transits 50-200 spreads out in *where*; read as rarities, each group spends its share of the flag rate (docs/model.md,
+"Route groups"). Models saved before tails existed score in spreads, as calibrated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +162,50 @@ class ReconstructionLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
 
 
+# Each group's normalised scores are read as how rare they are among unseen ordinary flights:
+# the share of them at least as high, from the empirical distribution up to TAIL_FROM and an
+# exponential tail fitted to the scores above it (extrapolated beyond the highest one).
+TAIL_FROM = 0.9
+TAIL_LEVELS = 91                # quantiles kept: 0, 1, ..., 90 %
+MIN_MEAN_EXCESS = 1e-3          # of a tail whose scores are all equal
+
+
+@dataclass(frozen=True)
+class Tail:
+    """How often unseen ordinary flights reach a normalised score in one group."""
+
+    quantiles: tuple[float, ...]        # at levels 0 .. TAIL_FROM, TAIL_LEVELS of them
+    mean_excess: float                  # mean of (score - top quantile) above the top one
+
+    @classmethod
+    def fit(cls, scores: np.ndarray) -> "Tail":
+        s = np.asarray(scores, dtype=np.float64)
+        q = np.quantile(s, np.linspace(0.0, TAIL_FROM, TAIL_LEVELS))
+        above = s[s > q[-1]] - q[-1]
+        excess = float(above.mean()) if above.size else 0.0
+        return cls(tuple(map(float, q)), max(excess, MIN_MEAN_EXCESS))
+
+    def rarity(self, x: np.ndarray) -> np.ndarray:
+        """-log10 of the share of unseen ordinary flights scoring above ``x``: 1 = one in ten,
+        2 = one in a hundred; 0 below the lowest. Increasing in ``x``."""
+        x = np.asarray(x, dtype=np.float64)
+        quantiles = np.array(self.quantiles)
+        # Of tied quantiles (many flights with the same score) the highest level: the share
+        # above the tied value is what lies beyond its last occurrence.
+        q, last = np.unique(quantiles[::-1], return_index=True)
+        levels = np.linspace(0.0, TAIL_FROM, TAIL_LEVELS)[len(quantiles) - 1 - last]
+        below = -np.log10(1.0 - np.interp(x, q, levels, left=0.0))
+        above = -np.log10(1.0 - TAIL_FROM) + (x - q[-1]) / (self.mean_excess * np.log(10.0))
+        return np.where(x > q[-1], above, below)
+
+    def to_json(self) -> dict:
+        return {"quantiles": list(self.quantiles), "mean_excess": self.mean_excess}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Tail":
+        return cls(tuple(map(float, data["quantiles"])), float(data["mean_excess"]))
+
+
 @dataclass(frozen=True)
 class Normaliser:
     """Per-group centre and scale of the errors of flights the model did not train on, which
@@ -167,8 +217,9 @@ class Normaliser:
     bend (tortuosity 1.0-1.28) redrawn a pixel off the line; the patterns the shape group is
     for (orbits, holdings, surveys, calibration, gliders climbing in thermals) fly a longer path
     than their ends need. Below the floor a flight's shape score s is pressed into (-1, 0)
-    (-0.5 / (1 + s) for s >= 0, -1 + 0.5 / (1 - s) below): below 0 (the median of unseen ordinary flights), which no threshold goes
-    under (train.py), so it never flags through *shape*, yet flights below the floor keep the
+    (-0.5 / (1 + s) for s >= 0, -1 + 0.5 / (1 - s) below): below 0 (the median of unseen
+    ordinary flights), whose score no threshold goes under (:meth:`median_score`, train.py),
+    so it never flags through *shape*, yet flights below the floor keep the
     model's order among themselves (a glider climbing in small thermals still ranks above the
     straight airliners; a flat 0 tied them all). *Where* and *direction* still flag a straight
     flight on the wrong route.
@@ -184,6 +235,15 @@ class Normaliser:
     scored: tuple[bool, ...] | None = None
     shape_min_tortuosity: float | None = None
     measure: str = "pixels"           # what the groups' errors are (group_errors)
+    tails: tuple[Tail, ...] | None = None
+
+    def with_tails(self, errors: np.ndarray, tortuosity: np.ndarray | None = None
+                   ) -> "Normaliser":
+        """This normaliser, its group scores read as rarities (:class:`Tail`) among the (n,
+        groups) errors of unseen flights, shape floor included as they are judged."""
+        spreads = self.spreads(errors, tortuosity)
+        return dataclasses.replace(self, tails=tuple(Tail.fit(spreads[:, g])
+                                                     for g in range(spreads.shape[1])))
 
     @classmethod
     def fit(cls, errors: np.ndarray, scored: tuple[bool, ...] | None = None,
@@ -202,9 +262,19 @@ class Normaliser:
         return group_errors(terms, self.measure)
 
     def channels(self, errors: np.ndarray, tortuosity: np.ndarray | None = None) -> np.ndarray:
-        """(n, groups) normalised group scores of (n, groups) group errors; with the flights'
-        ``tortuosity``, the shape score of flights below the floor is pressed into (-1, 0),
-        order kept (a flight whose tortuosity is unknown is not pressed)."""
+        """(n, groups) group scores of (n, groups) group errors: their rarity among unseen
+        ordinary flights (-log10 of the share as high, :class:`Tail`), or, for a model saved
+        before tails existed, their :meth:`spreads`."""
+        ch = self.spreads(errors, tortuosity)
+        if self.tails is not None:
+            ch = np.stack([t.rarity(ch[:, g]) for g, t in enumerate(self.tails)], axis=1) \
+                if len(ch) else ch
+        return ch
+
+    def spreads(self, errors: np.ndarray, tortuosity: np.ndarray | None = None) -> np.ndarray:
+        """(n, groups) normalised group errors (distance from the median in robust spreads);
+        with the flights' ``tortuosity``, the shape score of flights below the floor is pressed
+        into (-1, 0), order kept (a flight whose tortuosity is unknown is not pressed)."""
         ch = (np.asarray(errors, dtype=np.float64) - np.array(self.median)) / np.array(self.scale)
         if self.shape_min_tortuosity and tortuosity is not None and len(ch):
             straight = np.asarray(tortuosity, dtype=np.float64) < self.shape_min_tortuosity
@@ -229,6 +299,11 @@ class Normaliser:
     def score(self, errors: np.ndarray, tortuosity: np.ndarray | None = None) -> np.ndarray:
         return self.combine(self.channels(errors, tortuosity))
 
+    def median_score(self) -> float:
+        """The score of a flight at the median of unseen flights in every group, under which
+        no threshold goes (see train.py): 0 in spreads, -log10 0.5 as a rarity."""
+        return float(self.score(np.array([self.median]))[0])
+
     def to_json(self) -> dict:
         out: dict[str, Any] = {"median": list(self.median), "scale": list(self.scale)}
         if self.scored is not None:
@@ -236,15 +311,19 @@ class Normaliser:
         if self.shape_min_tortuosity:
             out["shape_min_tortuosity"] = self.shape_min_tortuosity
         out["measure"] = self.measure
+        if self.tails is not None:
+            out["tails"] = [t.to_json() for t in self.tails]
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> "Normaliser":
         scored = data.get("scored")
         # A model saved before the measure was stored was calibrated on "pixels".
+        tails = data.get("tails")
         return cls(tuple(data["median"]), tuple(data["scale"]),
                    tuple(bool(v) for v in scored) if scored is not None else None,
-                   data.get("shape_min_tortuosity"), data.get("measure", "pixels"))
+                   data.get("shape_min_tortuosity"), data.get("measure", "pixels"),
+                   tuple(Tail.from_json(t) for t in tails) if tails is not None else None)
 
 
 def threshold(scores: np.ndarray, quantile: float) -> float:

@@ -394,14 +394,15 @@ def fit_candidate(window, settings: Settings, *, seed: int, plain: bool = False,
         log.warning("the window spans %.1f h of traffic (< ADSB_ROUTES_MIN_HOURS %g): only the "
                     "shape channel raises flags; where and direction join once it spans more",
                     span_h, settings.routes_min_hours)
-    norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity, errors.MEASURE)
+    norm = errors.Normaliser.fit(groups, scored, settings.shape_min_tortuosity, errors.MEASURE
+                                 ).with_tails(groups, window.tortuosity[keep])
     # The threshold comes from the scores as they will be judged, shape floor included (see
-    # errors.Normaliser), and never lies under 0, the median unseen flight: where fewer than
-    # ADSB_FLAG_RATE of the window can be flagged at all (straight en-route traffic, whose
-    # few curved flights are what the shape group is for) the quantile would otherwise fall
-    # among the floored flights.
+    # errors.Normaliser), and never lies under the score of the median unseen flight: where
+    # fewer than ADSB_FLAG_RATE of the window can be flagged at all (straight en-route
+    # traffic, whose few curved flights are what the shape group is for) the quantile would
+    # otherwise fall among the floored flights.
     oof_scores = norm.score(groups, window.tortuosity[keep])
-    thr = max(errors.flag_threshold(oof_scores, settings.flag_rate), 0.0)
+    thr = max(errors.flag_threshold(oof_scores, settings.flag_rate), norm.median_score())
     lit = data.lit_pixels(window.images)[keep]
     rho = errors.spearman(oof_scores, lit)
     params = {
