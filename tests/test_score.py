@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 import helpers_flights as hf
-from pipeline.model import score
+from pipeline.model import errors, score
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,11 @@ def test_scores_every_flight_once_and_flags_are_score_above_threshold(copy):
     assert len(hist) == 105
     scored = result.params["scored_groups"]
     assert scored == ["shape"]             # a 3-hour window: the fixed frame does not flag yet
+    # The model keeps how it measures and reads its groups; its scores are rarities, and its
+    # threshold is at least the score of the median unseen flight.
+    norm = errors.Normaliser.from_json(result.params["normaliser"])
+    assert norm.measure == "lit" and norm.tails is not None and len(norm.tails) == 3
+    assert result.threshold >= norm.median_score() > 0
     for h in hist:
         groups = {"where": h.where_score, "shape": h.shape_score, "direction": h.direction_score}
         assert h.score == pytest.approx(max(groups[g] for g in scored))
