@@ -391,9 +391,9 @@ def command(settings: Settings, args) -> int:
     from pipeline.db.engine import make_engine
 
     engine = make_engine(settings)
-    labels = read_labels_db(engine) if args.labels == LABELS_FROM_DB \
-        else read_labels(Path(args.labels))
     try:
+        labels = read_labels_db(engine) if args.labels == LABELS_FROM_DB \
+            else read_labels(Path(args.labels))
         if args.train_until:
             until = dt.datetime.fromisoformat(args.train_until.replace("Z", "+00:00"))
             if until.tzinfo is None:
@@ -404,6 +404,9 @@ def command(settings: Settings, args) -> int:
     except RuntimeError as e:
         log.error("%s", e)
         return 1
+    finally:
+        # Its pooled connections would otherwise stay open until the engine is collected.
+        engine.dispose()
     if report.y.sum() == 0:
         log.error("none of the %d judged flights %s", len(report.y),
                   "was judged anomalous" if labels.flight is not None
