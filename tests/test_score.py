@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import threading
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
 import helpers_flights as hf
+from pipeline.flights.raster import decode_pngs
 from pipeline.model import errors, score
 
 pytestmark = pytest.mark.slow
@@ -51,8 +53,18 @@ def test_scores_every_flight_once_and_flags_are_score_above_threshold(copy):
     # The model keeps how it measures and reads its groups; its scores are rarities, and its
     # threshold is at least the score of the median unseen flight.
     norm = errors.Normaliser.from_json(result.params["normaliser"])
-    assert norm.measure == "lit" and norm.tails is not None and len(norm.tails) == 3
+    assert norm.measure == "counts" and norm.tails is not None and len(norm.tails) == 3
     assert result.threshold >= norm.median_score() > 0
+    # Where and direction are the rarities of the window's traffic counts the model carries:
+    # recomputed from each flight's stored image, they are the stored scores.
+    assert norm.counts is not None and norm.counts.lit.shape == (64, 64, 9)
+    assert norm.counts.flights == result.n_train             # the flights it was fitted on
+    imgs = _q(engine, "SELECT s.where_score, s.direction_score, f.image FROM flight_scores s "
+                      "JOIN flights f ON f.id = s.flight_id ORDER BY f.id")
+    routes = norm.counts.errors(decode_pngs([bytes(r.image) for r in imgs]))
+    spreads = (routes - np.array(norm.median)[[0, 2]]) / np.array(norm.scale)[[0, 2]]
+    assert norm.tails[0].rarity(spreads[:, 0]) == pytest.approx([r.where_score for r in imgs])
+    assert norm.tails[2].rarity(spreads[:, 1]) == pytest.approx([r.direction_score for r in imgs])
     for h in hist:
         groups = {"where": h.where_score, "shape": h.shape_score, "direction": h.direction_score}
         assert h.score == pytest.approx(max(groups[g] for g in scored))

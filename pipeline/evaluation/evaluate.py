@@ -246,7 +246,8 @@ def evaluate_split(engine: sa.Engine, settings: Settings, labels: Labels,
     cand = train.fit_candidate(window, settings, seed=seed, plain=plain, **fit_options)
     names = errors.groups(f.images.shape[-1])
     judged_terms = errors.errors_of(cand.model, f.images)
-    judged = cand.normaliser.channels(cand.normaliser.groups(judged_terms), f.tortuosity)
+    judged = cand.normaliser.channels(cand.normaliser.groups(judged_terms, f.images),
+                                      f.tortuosity)
     judged_errs = errors.group_losses(judged_terms)
     kept = window.images[cand.keep]
     seen_errs = errors.group_losses(errors.errors_of(cand.model, kept))
@@ -294,7 +295,7 @@ def evaluate(engine: sa.Engine, labels: Labels | dict[str, int], *,
     errs = errors.errors_of(model, f.images, row.params.get("loss", errors.DEFAULT_LOSS),
                             row.params.get("pos_weight", errors.POS_WEIGHT))
     norm = errors.Normaliser.from_json(row.params["normaliser"])
-    ch = norm.channels(norm.groups(errs), f.tortuosity)
+    ch = norm.channels(norm.groups(errs, f.images), f.tortuosity)
     model_cols = _model_columns(ch, errors.groups(f.images.shape[-1]), norm)
     fit_images = every.images if since is None else load_flights(engine, until=since, site=site).images
     columns = {**model_cols, **_baseline_columns(fit_images, f)}

@@ -183,7 +183,7 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
     row = s.model
     n = len(images)
     errs, _ = s.forward(tf.convert_to_tensor(images, tf.float32))
-    ch = s.normaliser.channels(s.normaliser.groups(errs.numpy()), tortuosity)
+    ch = s.normaliser.channels(s.normaliser.groups(errs.numpy(), images), tortuosity)
     scores = s.normaliser.combine(ch)
     flags = scores > row.threshold
     names = errors.groups(s.channels)
@@ -198,7 +198,7 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
         probs = probs.numpy()
         pix = errors.error_pixels(flagged, probs, top_group[hit],
                                   row.params.get("pos_weight", errors.POS_WEIGHT),
-                                  s.normaliser.measure)
+                                  s.normaliser.measure, s.normaliser.counts)
         for j, (i, (r, c)) in enumerate(zip(hit.tolist(), pix.tolist())):
             er[i], ec[i] = r, c
             recs[i] = reconstruction_png(probs[j])
@@ -233,8 +233,13 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
                     absorbed = changes.review(conn, settings, row, ids)
                 if (settings.change_alpha > 0 and settings.change_hold_min > 0
                         and row.site is not None):
-                    # Until a change could take them in, where/direction flags alert late.
-                    held = {ids[i] for i in hit.tolist() if out.top[i] in changes.GROUPS}
+                    # Until a change could take them in, the flags it could take in alert late.
+                    tort = tortuosity if tortuosity is not None else np.full(len(ids), np.nan)
+                    groups = changes.route_groups(row)
+                    held = {ids[i] for i in hit.tolist()
+                            if changes.could_join(float(ch[i, 0]),
+                                                  float(ch[i, 2]) if ch.shape[1] > 2 else None,
+                                                  row.threshold, float(tort[i]), groups)}
             except sa.exc.SQLAlchemyError as e:
                 log.error("traffic changes not reviewed for this batch (%s); its flags alert "
                           "one by one", str(e).splitlines()[0][:200])

@@ -4,8 +4,9 @@ For each flagged flight (the top N by score whose last position lies within ``--
 data clock) one PNG shows, for each channel group (where, direction, shape), the stored track
 image, the model's reconstruction and the per-pixel error |original - reconstruction| side by
 side. The 8 direction channels are drawn as one picture, each pixel in the colour of its heading
-(compass legend). The group that carried the flag is named, and the pixel of its largest error
-is ringed. All three are
+(compass legend). The group that carried the flag is named, and the pixel that explains it is ringed
+(*shape*: its largest error; *where*, *direction*: the place it crossed that the fewest flights
+of the model's training window crossed). All three are
 drawn on one fixed 0..1 scale with a legend: rescaling each picture to its own range would make
 a washed-out 0.3 reconstruction look as crisp as a perfect one and hide exactly what the score
 measures.
@@ -273,7 +274,7 @@ _WHY = {"where": "where: it used airspace the site's traffic does not use",
 def _why(fl: FlaggedFlight) -> str:
     text = _WHY.get(fl.channel or "", "–")
     if fl.channel in ("where", "direction") and fl.error_row is not None:
-        return f"{text}; largest error at {_place(fl.error_row, fl.error_col)}"
+        return f"{text}; ringed: {_place(fl.error_row, fl.error_col)}"
     return text
 
 
@@ -363,7 +364,8 @@ def write(out_dir: Path, clock: dt.datetime, since: dt.timedelta,
 reconstruction and the per-pixel error, all on the fixed scale 0..1 (see the legend under each);
 <em>where</em> is the receiver's frame, <em>direction</em> the same frame coloured by the
 heading of travel, <em>shape</em> the flight's own frame. The row marked * carried the flag;
-its largest error is ringed.</p>
+the pixel that explains it is ringed (shape: its largest error; where and direction: the place
+it crossed that the fewest flights of the training window crossed).</p>
 {empty}{chr(10).join(sections)}
 </body>
 </html>
