@@ -28,8 +28,8 @@ lit pixels) or, with no measure stored, "pixels" (every group its loss).
 Score = max over groups of the group's *rarity*: how rare its error is among flights the model
 never trained on (the out-of-fold errors, see train.py), as -log10 of the share of them that
 score higher (:class:`Tail`): 2 is one ordinary flight in a hundred, 3 one in a thousand. The
-max lets any group alone raise a flag: an off-corridor transit is unusual in *where*, a flight
-against the traffic in *direction*, an orbit mostly in *shape*. Why rarities, not the errors in
+max lets any group that raises flags do so alone (train.scored_groups): an off-corridor transit,
+or a flight against the traffic, in *direction*; an orbit mostly in *shape*. Why rarities, not the errors in
 robust spreads (median and MAD, still the first step): the groups' tails differ, and the
 heaviest took the flags. On the Swiss week *where* put 10 % of unseen ordinary flights beyond
 7 spreads and 1 % beyond 66, so a glider 20 spreads out in *shape* ranked below ordinary

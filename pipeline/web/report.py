@@ -266,8 +266,8 @@ def _num(value: object) -> str:
 
 
 _WHY = {"where": "where: it used airspace the site's traffic does not use",
-        "direction": "direction: it crossed the site's airspace in a direction its traffic "
-                     "does not fly",
+        "direction": "direction: it flew where, or the way, the site's traffic does not "
+                     "fly",
         "shape": "shape: its own track (circling, a pattern) is unlike the others"}
 
 
