@@ -184,12 +184,11 @@ def _review(conn: sa.Connection, settings: Settings, model: registry.ModelRow, s
             end: dt.datetime, batch_ids: list[int]) -> set[int]:
     window = dt.timedelta(hours=settings.change_window_h)
     starts = [end - window * part for part in PARTS]
+    groups = route_groups(model)
     row = conn.execute(_COUNTS, {"site": site, "model": model.id, "end": end,
-                                 "pattern": PATTERN_MIN_TORTUOSITY, "s0": starts[0],
-                                 "where": "where" in route_groups(model),
-                                 "direction": "direction" in route_groups(model),
-                                 "s1": starts[1],
-                                 "s2": starts[2]}).one()
+                                 "pattern": PATTERN_MIN_TORTUOSITY, "where": "where" in groups,
+                                 "direction": "direction" in groups, "s0": starts[0],
+                                 "s1": starts[1], "s2": starts[2]}).one()
     counts = [(starts[i], int(row[2 * i]), int(row[2 * i + 1])) for i in range(len(PARTS))]
     change = conn.execute(_OPEN, {"site": site}).mappings().first()
     if change is not None and change["model_id"] != model.id:

@@ -34,15 +34,13 @@ import numpy as np
 
 from pipeline.flights import raster
 
-# The channels counted: where, then the eight heading sectors (format 2 images); format 1 images
-# have where only.
 NEIGHBOURHOOD = 3               # pixels on each side of the square a count is taken over
-ROUTE_GROUPS = ("where", "direction")
 CHUNK = 2048                    # images read at once
 
 
 def route_channels(channels: int) -> list[int]:
-    """Image channels counted, for images with ``channels`` channels: where, then direction."""
+    """Image channels counted, for images with ``channels`` channels: where, then the eight
+    heading sectors (format 1 images have where only)."""
     d = raster.DIRECTION
     return [raster.WHERE] + (list(range(d.start, d.stop)) if channels > 2 else [])
 
@@ -53,12 +51,12 @@ def _lit(images: np.ndarray) -> np.ndarray:
 
 
 def _chunks(images: np.ndarray, rows: np.ndarray | None):
-    """(start, lit pixels) of ``images`` (only ``rows`` of them, when given) CHUNK at a time,
-    so a window of a busy week is never copied whole (40 KB a flight)."""
+    """(start, images) of ``images`` (only ``rows`` of them, when given) CHUNK at a time, so a
+    window of a busy week is never copied whole (40 KB a flight)."""
     n = len(images) if rows is None else len(rows)
     for lo in range(0, n, CHUNK):
-        part = images[lo:lo + CHUNK] if rows is None else images[rows[lo:lo + CHUNK]]
-        yield lo, _lit(part)
+        yield lo, np.asarray(images[lo:lo + CHUNK] if rows is None
+                             else images[rows[lo:lo + CHUNK]])
 
 
 def _neighbourhood(counts: np.ndarray) -> np.ndarray:
@@ -87,16 +85,13 @@ class Counts:
         lit = np.zeros((*images.shape[1:3], len(route_channels(images.shape[-1]))),
                        dtype=np.uint32)
         for _, part in _chunks(images, rows):
-            lit += part.sum(axis=0, dtype=np.uint32)
+            lit += _lit(part).sum(axis=0, dtype=np.uint32)
         return cls(len(images) if rows is None else len(rows), lit)
 
     def minus(self, other: "Counts") -> "Counts":
         return Counts(self.flights - other.flights, self.lit - other.lit)
 
     @functools.cached_property
-    def _weights(self) -> np.ndarray:
-        return self.weights()
-
     def weights(self) -> np.ndarray:
         """(64, 64, counted channels) surprise -log((c + 1) / (N + 1)) of a lit pixel, c the
         flights lit in its neighbourhood, N = 9 x the flights counted: Laplace's estimate of
@@ -104,7 +99,7 @@ class Counts:
         folds (N less a fold) and the whole window judge alike: a pixel nobody crossed costs
         more in the larger window, where it is also rarer (measured: scaling the prior to the
         folds' traffic flagged as many ordinary flights on the Swiss week and found fewer
-        anomalies)."""
+        anomalies). Computed once per counts: the scorer reads them every batch."""
         area = NEIGHBOURHOOD * NEIGHBOURHOOD
         near = _neighbourhood(self.lit.astype(np.float64))
         return -np.log((near + 1.0) / (area * self.flights + 1.0))
@@ -117,7 +112,7 @@ class Counts:
         scorer's batches)."""
         key = f"_matrices_{channels}"
         if key not in self.__dict__:
-            w = self._weights
+            w = self.weights
             counted = route_channels(channels)
             groups = [counted[:1]] + ([counted[1:]] if len(counted) > 1 else [])
             member = np.zeros((*w.shape[:2], channels, len(groups)), dtype=np.float32)
@@ -135,11 +130,9 @@ class Counts:
         direction channels) of the eight heading channels together; 0 for a flight with none.
         Of ``images``, or of ``rows`` of them."""
         surprise, member = self._group_matrices(images.shape[-1])
-        n = len(images) if rows is None else len(rows)
-        out = np.zeros((n, member.shape[1]))
-        for lo in range(0, n, CHUNK):
-            part = images[lo:lo + CHUNK] if rows is None else images[rows[lo:lo + CHUNK]]
-            flat = (np.asarray(part).reshape(len(part), -1) != 0).astype(np.float32)
+        out = np.zeros((len(images) if rows is None else len(rows), member.shape[1]))
+        for lo, part in _chunks(images, rows):
+            flat = (part.reshape(len(part), -1) != 0).astype(np.float32)
             # float32 sums of at most 36,864 terms of <= 12: exact enough for a score (1e-6).
             total, n_lit = (flat @ surprise).astype(np.float64), flat @ member
             out[lo:lo + len(part)] = total / np.maximum(n_lit, 1.0)
@@ -148,7 +141,7 @@ class Counts:
     def rarest_pixel(self, image: np.ndarray, group: str) -> tuple[int, int]:
         """(row, col) of the flight's pixel in ``group`` that the fewest window flights crossed
         nearby (the same way): where it went that nobody goes."""
-        w = self._weights
+        w = self.weights
         sl = slice(0, 1) if group == "where" else slice(1, w.shape[-1])
         surprise = np.where(_lit(image[None])[0][..., sl], w[..., sl], -np.inf).max(axis=-1)
         row, col = np.unravel_index(int(np.argmax(surprise)), surprise.shape)
