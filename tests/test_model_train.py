@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import helpers_flights as hf
+from pipeline.flights import raster
 from pipeline.model import autoencoder, errors, registry, train
 
 pytestmark = pytest.mark.slow
@@ -78,6 +79,23 @@ def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(trained):
     each = [errors.errors_of(m, images[:16]) for m in members]
     np.testing.assert_allclose(errors.errors_of(model, images[:16]), np.mean(each, axis=0),
                                rtol=1e-5, atol=1e-6)
+    # The scorer's pass of a model scoring routes by counts computes the shape channel alone:
+    # the same logits and terms as the whole model's, every other channel's terms 0.
+    assert row.params["normaliser"]["measure"] == "counts"
+    only = errors.network_channels("counts", images.shape[-1])
+    assert only == (raster.SHAPE,)
+    for member in members:
+        np.testing.assert_allclose(autoencoder.narrowed(member, only)(x, training=False).numpy(),
+                                   member(x, training=False).numpy()[..., list(only)],
+                                   rtol=1e-5, atol=1e-5)
+    full, _ = errors.forward(model)(x)
+    narrow, none = errors.forward(model, probabilities=False, outputs=only)(x)
+    assert none is None
+    np.testing.assert_allclose(narrow.numpy()[:, raster.SHAPE], full.numpy()[:, raster.SHAPE],
+                               rtol=1e-5, atol=1e-6)
+    assert not narrow.numpy()[:, np.arange(images.shape[-1]) != raster.SHAPE].any()
+    with pytest.raises(ValueError, match="probabilities"):
+        errors.forward(model, outputs=only)
     # No accuracy metric: the loss is the reconstruction measure itself.
     assert "accuracy" not in str(model.get_config()).lower()
 

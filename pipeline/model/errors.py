@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.flights import raster
+from pipeline.model import autoencoder
 from pipeline.model.counts import Counts
 
 if TYPE_CHECKING:
@@ -388,8 +389,18 @@ def members(model: keras.Model) -> list[keras.Model]:
     return found or [model]
 
 
+def network_channels(measure: str, channels: int) -> tuple[int, ...] | None:
+    """The channels whose network terms a score of ``measure`` reads, or None for all of them:
+    with "counts" *where* and *direction* score the window's traffic counts, so only *shape*'s
+    (the scorer then computes that channel alone: :func:`forward`'s ``outputs``)."""
+    if measure == "counts" and channels > raster.SHAPE:
+        return (raster.SHAPE,)
+    return None
+
+
 def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = POS_WEIGHT,
-            channels: int = raster.NCH, probabilities: bool = True):
+            channels: int = raster.NCH, probabilities: bool = True,
+            outputs: tuple[int, ...] | None = None):
     """A compiled inference pass: images (n, 64, 64, C) -> (channel terms (n, C, 3) of
     :func:`channel_terms`, probabilities (n, 64, 64, C), or None with ``probabilities=False``).
 
@@ -401,22 +412,36 @@ def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = PO
     in one graph they would otherwise run side by side. The scorer asks for errors only and
     for probabilities of flagged flights only: probabilities are 160 KB a flight (float32),
     ~80 MB a batch of 512 per member. One trace for every batch size; ``training=False`` so
-    that any layer that behaves differently in training cannot change the scores."""
+    that any layer that behaves differently in training cannot change the scores.
+
+    With ``outputs`` (channel indices, :func:`network_channels`) the members compute those
+    channels' logits only (autoencoder.narrowed: the same numbers) and the terms of every
+    other channel are 0; not with probabilities, which pictures want of every channel."""
+    if outputs is not None and probabilities:
+        raise ValueError("probabilities are of every channel: ask for them without outputs")
     spec = tf.TensorSpec([None, 64, 64, channels], tf.float32)
     parts = members(model)
+    if outputs is not None:
+        parts = [autoencoder.narrowed(m, outputs) for m in parts]
 
     @tf.function(input_signature=[spec])
     def run(x):
         errs: Any = None
         probs: Any = None
+        y = x if outputs is None else tf.gather(x, list(outputs), axis=-1)
         for m in parts:
             with tf.control_dependencies([] if errs is None else [errs]):
                 logits = m(x, training=False)
-            e = channel_terms(x, logits, loss, pos_weight)
+            e = channel_terms(y, logits, loss, pos_weight)
             errs = e if errs is None else errs + e
             if probabilities:
                 p = tf.sigmoid(logits)
                 probs = p if probs is None else probs + p
+        if outputs is not None:
+            # The computed channels' terms in their places of the (n, channels, 3) terms.
+            full = tf.zeros([channels, tf.shape(x)[0], 3], errs.dtype)
+            errs = tf.transpose(tf.tensor_scatter_nd_update(
+                full, [[c] for c in outputs], tf.transpose(errs, [1, 0, 2])), [1, 0, 2])
         n = float(len(parts))
         return errs / n, (probs / n if probabilities else None)
 

@@ -82,9 +82,13 @@ def scorer_for(row: registry.ModelRow) -> Scorer:
         channels = FORMAT_CHANNELS[fmt]
         loss = row.params.get("loss", errors.DEFAULT_LOSS)
         pos_weight = row.params.get("pos_weight", errors.POS_WEIGHT)
-        _cache[key] = Scorer(row, errors.Normaliser.from_json(row.params["normaliser"]),
-                             errors.forward(model, loss, pos_weight, channels,
-                                            probabilities=False), fmt, channels,
+        norm = errors.Normaliser.from_json(row.params["normaliser"])
+        # Every flight's pass computes the channels the score reads; pictures all of them.
+        _cache[key] = Scorer(row, norm,
+                             errors.forward(model, loss, pos_weight, channels, probabilities=False,
+                                            outputs=errors.network_channels(norm.measure,
+                                                                            channels)),
+                             fmt, channels,
                              errors.forward(model, loss, pos_weight, channels))
     return _cache[key]
 
