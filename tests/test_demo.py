@@ -21,7 +21,7 @@ def cli(*args, env, timeout):
 def test_demo_flags_the_simulated_anomalies(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADSB_")}
     env.update({"ADSB_DATA_DIR": str(tmp_path / "demo"), "ADSB_METRICS_PORT": "0",
-                "ADSB_TRAIN_SEED": "3", "ADSB_TRAIN_BUDGET_S": "60"})
+                "ADSB_TRAIN_SEED": "3", "ADSB_TRAIN_BUDGET_S": "30"})
     try:
         # A shortened day served as fast as possible; the defaults take about five minutes.
         r = cli("demo", "--flights", "220", "--anomalies", "8", "--hours", "2", "--speed", "0",

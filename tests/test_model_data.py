@@ -142,6 +142,30 @@ def test_augmented_batches_are_the_same_flights_changed_in_place(images, window)
     assert not np.array_equal(a, p)
 
 
+def test_each_augmented_image_is_its_flight_moved_a_pixel_and_its_shape_turned(images):
+    """Per image, its own draws: the fixed frame moved by at most one pixel each way (zeros
+    moved in), the shape channel one of the 8 turns and mirror images of its own; the same
+    seed gives the same images, and the draws cover every move and turn."""
+    x = images[:64]
+    a = data.augmented(x, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, data.augmented(x, np.random.default_rng(5)))
+    assert a.dtype == np.uint8 and a.shape == x.shape
+    fixed = np.arange(x.shape[-1]) != raster.SHAPE
+    moves, turns = set(), set()
+    for i in range(len(x)):
+        padded = np.pad(x[i][..., fixed], ((1, 1), (1, 1), (0, 0)))
+        found = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                 if np.array_equal(a[i][..., fixed], padded[1 + dy:65 + dy, 1 + dx:65 + dx])]
+        own = x[i][..., raster.SHAPE]
+        dihedral = [np.rot90(own, k)[:, ::-1] if m else np.rot90(own, k)
+                    for m in (False, True) for k in range(4)]
+        turned = [j for j, d in enumerate(dihedral) if np.array_equal(a[i][..., raster.SHAPE], d)]
+        assert found and turned, i
+        moves.add(found[0])
+        turns.add(turned[0])
+    assert len(moves) == 9 and len(turns) >= 6, (moves, turns)
+
+
 def test_cross_fit_on_the_bits_equals_cross_fit_on_the_array(images, window):
     """The window held as bits and folds as index views change nothing: same seed, same
     out-of-fold errors to the last bit."""

@@ -249,22 +249,22 @@ def dataset(images: Images, batch: int, shuffle_seed: int | None,
     shape = tuple(images.shape)
     assert len(shape) == 4 and shape[1:3] == (64, 64), shape
     ds = index_batches(len(images), batch, shuffle_seed)
+    # Augmented in NumPy as the batch is gathered, with a generator of the dataset's own
+    # seed: as TensorFlow ops per image (unbatch, map, batch) the augmentation took half of a
+    # small fit's epoch (70 flights: 0.27 s an epoch, 0.14 s without), as ops on the batch
+    # more. The batches are gathered in order (no parallel map), so the draws are too.
+    rng = np.random.default_rng(shuffle_seed) if augment else None
 
     def gather(idx: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(images[idx], dtype=np.uint8)
+        x = np.ascontiguousarray(images[idx], dtype=np.uint8)
+        return x if rng is None else augmented(x, rng)
 
     def load(idx: tf.Tensor) -> tf.Tensor:
-        x = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
+        x = tf.numpy_function(gather, [idx], tf.uint8, stateful=rng is not None)
         x.set_shape((None, *shape[1:]))
         return tf.cast(x, tf.float32)
 
-    ds = ds.map(load)
-    if augment:
-        # Per image, as before the batches were gathered: same random draws, same batches.
-        ds = ds.unbatch().map(_augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
-        # unbatch() forgets the number of batches, which Keras shows and uses as steps.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(images) // batch)))
-    return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+    return ds.map(load).map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
 
 
 def index_batches(n: int, batch: int, shuffle_seed: int | None) -> tf.data.Dataset:
@@ -276,13 +276,21 @@ def index_batches(n: int, batch: int, shuffle_seed: int | None) -> tf.data.Datas
     return ds.batch(batch)
 
 
-def _augment(x: tf.Tensor) -> tf.Tensor:
-    """One image (64, 64, C) changed as described in :func:`dataset`."""
-    fixed = tf.concat([x[:, :, raster.WHERE:raster.WHERE + 1], x[:, :, raster.SHAPE + 1:]], -1)
-    dy, dx = tf.unstack(tf.random.uniform([2], 0, 3, dtype=tf.int32))
-    padded = tf.pad(fixed, [[1, 1], [1, 1], [0, 0]])
-    fixed = padded[dy:dy + 64, dx:dx + 64, :]
-    shape = tf.image.rot90(x[:, :, raster.SHAPE:raster.SHAPE + 1],
-                           tf.random.uniform([], 0, 4, dtype=tf.int32))
-    shape = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(shape, [1]), lambda: shape)
-    return tf.concat([fixed[:, :, :1], shape, fixed[:, :, 1:]], -1)
+def augmented(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 images (n, 64, 64, C) changed as described in :func:`dataset`, each with its own
+    draws: the fixed frame (every channel but shape) moved by (dy, dx) in {-1, 0, 1}^2, zeros
+    moved in; the shape channel turned by k x 90 degrees and mirrored with probability 1/2."""
+    n = len(x)
+    out = np.zeros_like(x)
+    dy, dx = rng.integers(-1, 2, (2, n))
+    turns = rng.integers(0, 4, n)
+    mirror = rng.random(n) < 0.5
+    for i in range(n):
+        # out[r, c] = x[r + dy, c + dx] where that pixel is inside the image.
+        sy, sx = int(dy[i]), int(dx[i])
+        # (every channel moved; the shape channel is written over next).
+        out[i, max(0, -sy):64 - max(0, sy), max(0, -sx):64 - max(0, sx)] = \
+            x[i, max(0, sy):64 - max(0, -sy), max(0, sx):64 - max(0, -sx)]
+        own = np.rot90(x[i, :, :, raster.SHAPE], int(turns[i]))
+        out[i, :, :, raster.SHAPE] = own[:, ::-1] if mirror[i] else own
+    return out
