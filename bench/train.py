@@ -2,7 +2,8 @@
 images/s of the project's fit (tf.data of packed images, augmentation, early-stopping
 callbacks), beside a plain Keras fit of the same architecture on a float32 array in memory
 measured in the same run (the reference), so that the figures read as ratios on any machine.
-Rows: the default fit, and one lever changed at a time (no augmentation, batch 128, half the filters).
+Rows: the default fit, and one lever changed at a time (no augmentation, batch 128, half the
+filters); last, a plain Keras fit reconstructing the shape channel only (``--only shape outputs``).
 Usage: python bench/train.py [--flights 4000] [--epochs 3] [--only default,...]
 Pin it to one core for the single-core figure (docs/benchmarks.md, "A Raspberry Pi's night"):
 ADSB_BENCH_THREADS=1 taskset -c 0 python bench/train.py"""
@@ -16,6 +17,7 @@ import time
 import numpy as np
 
 import _data
+from pipeline.flights import raster
 from pipeline.model import autoencoder, data, train
 
 VARIANTS: dict[str, dict] = {
@@ -72,6 +74,13 @@ def main() -> None:
               f"{rate / ref:.2f} x the reference; {_data.load_avg()}", flush=True)
     ref2 = _data.plain_keras_fit_rate(images[args.flights // 5:])
     print(f"reference again at the end: {ref2:7.0f} images/s ({ref2 / ref:.2f} of the first)")
+    if not args.only or "shape outputs" in args.only.split(","):
+        # Lever: the route groups score traffic counts, so the network's where and direction
+        # outputs only draw pictures; a network reconstructing the shape channel alone (every
+        # channel still in) does less work a step. Plain Keras beside plain Keras.
+        shape = _data.plain_keras_fit_rate(images[args.flights // 5:], outputs=(raster.SHAPE,))
+        print(f"lever, plain Keras fit reconstructing the shape channel only: {shape:7.0f} "
+              f"images/s = {shape / ((ref + ref2) / 2):.2f} x the reference (mean of both)")
 
 
 if __name__ == "__main__":
