@@ -251,8 +251,9 @@ def dataset(images: Images, batch: int, shuffle_seed: int | None,
     ds = index_batches(len(images), batch, shuffle_seed)
     # Augmented in NumPy as the batch is gathered, with a generator of the dataset's own
     # seed: as TensorFlow ops per image (unbatch, map, batch) the augmentation took half of a
-    # small fit's epoch (70 flights: 0.27 s an epoch, 0.14 s without), as ops on the batch
-    # more. The batches are gathered in order (no parallel map), so the draws are too.
+    # small fit's epoch (70 flights: 0.27 s an epoch, 0.14 s without), and as TensorFlow ops on
+    # the whole batch longer still. The batches are gathered in order (no parallel map), so
+    # the draws are made in order too: same seed, same batches.
     rng = np.random.default_rng(shuffle_seed) if augment else None
 
     def gather(idx: np.ndarray) -> np.ndarray:
@@ -286,9 +287,9 @@ def augmented(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     turns = rng.integers(0, 4, n)
     mirror = rng.random(n) < 0.5
     for i in range(n):
-        # out[r, c] = x[r + dy, c + dx] where that pixel is inside the image.
+        # out[r, c] = x[r + dy, c + dx] where that pixel is inside the image (every channel
+        # moved; the shape channel is written over next).
         sy, sx = int(dy[i]), int(dx[i])
-        # (every channel moved; the shape channel is written over next).
         out[i, max(0, -sy):64 - max(0, sy), max(0, -sx):64 - max(0, sx)] = \
             x[i, max(0, sy):64 - max(0, -sy), max(0, sx):64 - max(0, -sx)]
         own = np.rot90(x[i, :, :, raster.SHAPE], int(turns[i]))
