@@ -82,7 +82,7 @@ def test_saved_autoencoder_is_decoder_of_encoder_and_row_is_complete(trained):
     # The scorer's pass of a model scoring routes by counts computes the shape channel alone:
     # the same logits and terms as the whole model's, every other channel's terms 0.
     assert row.params["normaliser"]["measure"] == "counts"
-    only = errors.network_channels("counts", images.shape[-1])
+    only = errors.network_channels("counts")
     assert only == (raster.SHAPE,)
     for member in members:
         np.testing.assert_allclose(autoencoder.narrowed(member, only)(x, training=False).numpy(),

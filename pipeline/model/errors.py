@@ -389,13 +389,11 @@ def members(model: keras.Model) -> list[keras.Model]:
     return found or [model]
 
 
-def network_channels(measure: str, channels: int) -> tuple[int, ...] | None:
+def network_channels(measure: str) -> tuple[int, ...] | None:
     """The channels whose network terms a score of ``measure`` reads, or None for all of them:
     with "counts" *where* and *direction* score the window's traffic counts, so only *shape*'s
     (the scorer then computes that channel alone: :func:`forward`'s ``outputs``)."""
-    if measure == "counts" and channels > raster.SHAPE:
-        return (raster.SHAPE,)
-    return None
+    return (raster.SHAPE,) if measure == "counts" else None
 
 
 def forward(model: keras.Model, loss: str = DEFAULT_LOSS, pos_weight: float = POS_WEIGHT,

@@ -86,8 +86,7 @@ def scorer_for(row: registry.ModelRow) -> Scorer:
         # Every flight's pass computes the channels the score reads; pictures all of them.
         _cache[key] = Scorer(row, norm,
                              errors.forward(model, loss, pos_weight, channels, probabilities=False,
-                                            outputs=errors.network_channels(norm.measure,
-                                                                            channels)),
+                                            outputs=errors.network_channels(norm.measure)),
                              fmt, channels,
                              errors.forward(model, loss, pos_weight, channels))
     return _cache[key]
