@@ -4,7 +4,7 @@ the 7-hour morning, judged on the afternoon it never saw, for several training s
 anomalies (real flights rotated about the centre) reported on their own.
 
     python bench/realsite.py [--site swiss|swiss-week] [--seeds 0,1,2] [--floor 1.3]
-                             [--fraction 0.05] [--site-seeds 0] [--keep]
+                             [--fraction 0.05] [--site-seeds 0] [--keep] [--filters 8,16,32]
 
 Prints evaluate's full report for each seed, then one line per seed and the spread of the
 figures the product promises (ordinary flag rate against ADSB_FLAG_RATE, flag precision and
@@ -30,6 +30,7 @@ import sqlalchemy as sa
 import _data
 from pipeline import config
 from pipeline.evaluation import evaluate, realsite, samples
+from pipeline.model import autoencoder
 
 
 def judge(args, site_seed: int) -> tuple[list[tuple], list[tuple]]:
@@ -54,9 +55,11 @@ def judge(args, site_seed: int) -> tuple[list[tuple], list[tuple]]:
         realsite.write_labels(labels_path, site)
         labels = evaluate.read_labels(labels_path)
         engine = sa.create_engine(url)
+        fit = {"arch": autoencoder.Architecture(
+            filters=tuple(int(f) for f in args.filters.split(",")))} if args.filters else {}
         for seed in (int(s) for s in args.seeds.split(",")):
             t0 = time.monotonic()
-            r = evaluate.evaluate_split(engine, settings, labels, split, seed=seed)
+            r = evaluate.evaluate_split(engine, settings, labels, split, seed=seed, **fit)
             print(f"\n=== seed {seed} ({time.monotonic() - t0:.0f} s)\n{evaluate.format_report(r)}")
             rows = {row.name: row for row in r.rows}
             m, t = rows["model"], rows["tortuosity"]
@@ -87,6 +90,8 @@ def main() -> None:
                     help="seeds of the site's arrangement (days drawn, patterns placed, "
                          "rotations), one site built and judged for each")
     ap.add_argument("--keep", action="store_true", help="keep the databases")
+    ap.add_argument("--filters", default=None,
+                    help="lever: the network's filters, e.g. 8,16,32 (default 16,32,64)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     lines: list[tuple] = []

@@ -5,7 +5,7 @@ every output channel as it did before the route groups scored traffic counts) an
 forward pass (``predict_on_batch``) of one model of the same architecture, so that the figure
 reads as a ratio on any machine. Target: >= 1,000 flights/s end to end with the ensemble.
 Lever: --filters 8,16,32 (a model of half the filters; the reference stays the default one).
-Usage: python bench/score.py [--copies 20] [--filters 8,16,32] [--batch 128] [--profile]  (Paris flights inserted COPIES times)"""
+Usage: python bench/score.py [--copies 20] [--filters 8,16,32] [--batch 512] [--pass 128] [--profile]  (Paris flights inserted COPIES times)"""
 
 from __future__ import annotations
 
@@ -27,10 +27,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=20)
     ap.add_argument("--filters", default=None, help="lever: e.g. 8,16,32 (default 16,32,64)")
-    ap.add_argument("--batch", type=int, default=score.BATCH, help="flights per scoring batch")
+    ap.add_argument("--batch", type=int, default=score.BATCH,
+                    help="flights claimed and written per transaction")
+    ap.add_argument("--pass", dest="pass_", type=int, default=score.PASS,
+                    help="flights per forward pass")
     ap.add_argument("--profile", action="store_true",
                     help="print where the time of the last run goes (cProfile, cumulative)")
     args = ap.parse_args()
+    score.PASS = args.pass_
     logging.basicConfig(level=logging.WARNING)
     url = _data.new_database()
     engine = sa.create_engine(url)
@@ -65,15 +69,19 @@ def main() -> None:
             probabilities=False))
         fwd = forward_rate(scorer.forward, scorer.channels)
         fwd_every = forward_rate(every.forward, scorer.channels)
-        ref = _data.plain_keras_forward_rate(_data.paris_images(score.BATCH), score.BATCH)
+        ref = _data.plain_keras_forward_rate(_data.paris_images(score.PASS), score.PASS)
         members = int(r.params["folds"])
         print(f"reference: plain Keras forward pass, one model: {ref:8,.0f} images/s; "
               f"{_data.load_avg()}")
         print(f"forward pass alone, ensemble of {members} (errors), as scored: {fwd:8,.0f} "
               f"images/s = {fwd / ref:.2f} x the reference; every channel: {fwd_every:8,.0f} "
               f"= {fwd_every / ref:.2f} x ({fwd / fwd_every:.2f} x faster as scored)")
-        for label, used in (("every channel", every), ("as scored", scorer),
-                            ("every channel", every), ("as scored", scorer)):
+        # As scored in claims of 128 flights (the claim was the forward pass until both were
+        # one batch) beside claims of --batch; the pass of every channel beside them.
+        variants = [("every channel", every, args.batch),
+                    ("as scored, claims of 128", scorer, 128),
+                    (f"as scored, claims of {args.batch}", scorer, args.batch)]
+        for label, used, claim in variants + variants:
             # Alternated, twice each: the machine's speed moves between runs.
             with engine.begin() as conn:
                 for table in ("flight_scores", "traffic_changes", "alert_outbox"):
@@ -81,11 +89,12 @@ def main() -> None:
                 conn.execute(sa.text("UPDATE flights SET model_id = NULL, score = NULL, "
                                      "flagged = NULL, scored_at = NULL"))
             score._cache[(row.id, row.sha256)] = used
-            profiler = cProfile.Profile() if args.profile and label == "as scored" else None
+            profiler = cProfile.Profile() if args.profile and used is scorer \
+                and claim == args.batch else None
             t0 = time.monotonic()
             if profiler is not None:
                 profiler.enable()
-            n = score.score_pending(engine, settings, batch=args.batch)
+            n = score.score_pending(engine, settings, batch=claim)
             s = time.monotonic() - t0
             if profiler is not None:
                 profiler.disable()
@@ -107,14 +116,14 @@ def forward_rate(forward, channels: int, repeats: int = 5) -> float:
     import numpy as np
     import tensorflow as tf
 
-    batch = tf.zeros((score.BATCH, 64, 64, channels), tf.float32)
+    batch = tf.zeros((score.PASS, 64, 64, channels), tf.float32)
     np.asarray(forward(batch)[0])
     best = float("inf")
     for _ in range(repeats):
         t0 = time.monotonic()
         np.asarray(forward(batch)[0])
         best = min(best, time.monotonic() - t0)
-    return score.BATCH / best
+    return score.PASS / best
 
 
 if __name__ == "__main__":

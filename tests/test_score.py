@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 import helpers_flights as hf
 from pipeline.flights.raster import decode_pngs
-from pipeline.model import errors, score
+from pipeline.model import errors, registry, score
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +145,32 @@ def test_two_workers_never_score_a_flight_twice(copy):
         w.join()
     assert sum(counts) == 105
     assert _q(engine, "SELECT count(*) FROM flight_scores")[0][0] == 105
+
+
+def test_a_claim_scored_a_few_flights_a_pass_gets_what_one_pass_gives(copy, monkeypatch):
+    """A claim (score.BATCH flights a transaction) goes through the network score.PASS flights
+    at a time, and its flagged flights' pictures score.PICTURES at a time: the pieces must be
+    put back in the flights' order, each flight with its own score, pixel and reconstruction."""
+    engine, settings, _ = copy
+    with engine.connect() as conn:
+        row = registry.active(conn, settings.site_id)
+        blobs = conn.execute(sa.text("SELECT image FROM flights WHERE image IS NOT NULL "
+                                     "ORDER BY id")).scalars().all()
+    s = score.scorer_for(row)
+    images = decode_pngs([bytes(b) for b in blobs], s.channels)
+    whole = score.compute(s, images)
+    # A threshold that flags a third of the flights, so that flagged ones fall in every pass.
+    s = dataclasses.replace(s, model=dataclasses.replace(
+        row, threshold=float(np.quantile(whole.scores, 2 / 3))))
+    whole = score.compute(s, images)
+    monkeypatch.setattr(score, "PASS", 7)
+    monkeypatch.setattr(score, "PICTURES", 5)
+    pieces = score.compute(s, images)
+    assert 30 < int(whole.flags.sum()) < 40 and len(images) > 3 * 7
+    np.testing.assert_allclose(pieces.scores, whole.scores, rtol=1e-5, atol=1e-6)
+    assert (pieces.flags == whole.flags).all() and pieces.top == whole.top
+    assert pieces.error_row == whole.error_row and pieces.error_col == whole.error_col
+    assert [r is None for r in pieces.reconstructions] == [r is None for r in whole.reconstructions]
+    got = [np.asarray(Image.open(io.BytesIO(r)), int) for r in pieces.reconstructions if r]
+    want = [np.asarray(Image.open(io.BytesIO(r)), int) for r in whole.reconstructions if r]
+    assert all(np.abs(g - w).max() <= 1 for g, w in zip(got, want))

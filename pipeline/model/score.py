@@ -42,11 +42,20 @@ from pipeline.model import changes, registry
 
 log = logging.getLogger(__name__)
 
-# Flights per scoring batch. The forward pass holds ~1.6 MB a flight of the batch at its peak
-# (activations and per-pixel errors of 10-channel images, float32): measured with the
-# 3-member ensemble (bench/memory.py), the worker peaked at ~1.5 GB with 512, ~0.9 GB with 128,
-# at the same flights/s within the noise (800-1,000 on 2 cores, PNG decoding included).
-BATCH = 128
+# Flights claimed, scored and written per transaction. Each batch costs a dozen statements
+# (claim, history, flights, alerts, the traffic-change review) whatever its size, so a larger
+# batch spends less time in the database per flight; memory does not grow with it, because the
+# network sees it PASS flights at a time (the images themselves are 40 KB a flight).
+BATCH = 512
+# Flights per forward pass. The pass holds ~1.6 MB a flight at its peak (activations and
+# per-pixel errors of 10-channel images, float32): measured with the 3-member ensemble
+# (bench/memory.py), the worker peaked at ~1.5 GB with passes of 512, ~0.9 GB with 128, at the
+# same flights/s within the noise -- 128 keeps a 4 GB Pi comfortable.
+PASS = 128
+# Flagged flights per pass of pictures (every channel's probabilities, 160 KB a flight per
+# member as float32, and their per-pixel errors): ~2 % of a claim flags, but a traffic change
+# can flag most of it, and a pass of 128 pictures then raised the worker's peak by ~0.2 GB.
+PICTURES = 32
 PROGRESS_EVERY_S = 10.0
 
 
@@ -175,18 +184,23 @@ class Scored:
 
 
 def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None) -> Scored:
-    """Scores of uint8 images (n, 64, 64, C); no database. The forward pass over the batch
-    computes errors only; the probabilities (160 KB a flight as float32, per ensemble member
-    while they are summed) are computed again for the flagged flights alone, the only ones whose
-    pixel and reconstruction are stored (measured in docs/model.md, "Memory")."""
+    """Scores of uint8 images (n, 64, 64, C); no database. The forward pass, :data:`PASS`
+    flights at a time, computes errors only; the probabilities (160 KB a flight as float32, per
+    ensemble member while they are summed) are computed again for the flagged flights alone,
+    the only ones whose pixel and reconstruction are stored (docs/model.md, "Memory")."""
     import tensorflow as tf
 
     from pipeline.model import errors
 
     row = s.model
     n = len(images)
-    errs, _ = s.forward(tf.convert_to_tensor(images, tf.float32))
-    ch = s.normaliser.channels(s.normaliser.groups(errs.numpy(), images), tortuosity)
+    # Group errors pass by pass too: the traffic counts' product holds 160 KB a flight (float32).
+    groups = [s.normaliser.groups(
+        s.forward(tf.convert_to_tensor(images[lo:lo + PASS], tf.float32))[0].numpy(),
+        images[lo:lo + PASS]) for lo in range(0, n, PASS)]
+    ch = s.normaliser.channels(
+        np.concatenate(groups) if groups
+        else s.normaliser.groups(np.zeros((0, s.channels, 3)), images), tortuosity)
     scores = s.normaliser.combine(ch)
     flags = scores > row.threshold
     names = errors.groups(s.channels)
@@ -195,14 +209,15 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
     ec: list[int | None] = [None] * n
     recs: list[bytes | None] = [None] * n
     hit = np.flatnonzero(flags)
-    if hit.size:
-        flagged = images[hit]
+    for lo in range(0, hit.size, PICTURES):
+        part = hit[lo:lo + PICTURES]
+        flagged = images[part]
         _, probs = s.pictures(tf.convert_to_tensor(flagged, tf.float32))
         probs = probs.numpy()
-        pix = errors.error_pixels(flagged, probs, top_group[hit],
+        pix = errors.error_pixels(flagged, probs, top_group[part],
                                   row.params.get("pos_weight", errors.POS_WEIGHT),
                                   s.normaliser.measure, s.normaliser.counts)
-        for j, (i, (r, c)) in enumerate(zip(hit.tolist(), pix.tolist())):
+        for j, (i, (r, c)) in enumerate(zip(part.tolist(), pix.tolist())):
             er[i], ec[i] = r, c
             recs[i] = reconstruction_png(probs[j])
     return Scored(scores, flags, ch, [names[g] for g in top_group], er, ec, recs)
