@@ -3,7 +3,9 @@ ensemble of fold models (ADSB_TRAIN_FOLDS, 3) on today's images (format 2, ten c
 in the same run the forward pass alone of that ensemble (as the scorer runs it, and computing
 every output channel as it did before the route groups scored traffic counts) and the reference: a plain Keras
 forward pass (``predict_on_batch``) of one model of the same architecture, so that the figure
-reads as a ratio on any machine. Target: >= 1,000 flights/s end to end with the ensemble.
+reads as a ratio on any machine. End to end it alternates, twice each: the pass of every
+channel, and the scorer as it runs in claims of 128 flights and of --batch (score.BATCH, 512) a
+transaction. Target: >= 1,000 flights/s end to end with the ensemble.
 Lever: --filters 8,16,32 (a model of half the filters; the reference stays the default one).
 Usage: python bench/score.py [--copies 20] [--filters 8,16,32] [--batch 512] [--pass 128] [--profile]  (Paris flights inserted COPIES times)"""
 
