@@ -5,6 +5,7 @@ anomalies (real flights rotated about the centre) reported on their own.
 
     python bench/realsite.py [--site swiss|swiss-week] [--seeds 0,1,2] [--floor 1.3]
                              [--fraction 0.05] [--site-seeds 0] [--keep] [--filters 8,16,32]
+                             [--patience 3] [--min-gain 0.02]
 
 Prints evaluate's full report for each seed, then one line per seed and the spread of the
 figures the product promises (ordinary flag rate against ADSB_FLAG_RATE, flag precision and
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 import _data
 from pipeline import config
 from pipeline.evaluation import evaluate, realsite, samples
-from pipeline.model import autoencoder
+from pipeline.model import autoencoder, train
 
 
 def judge(args, site_seed: int) -> tuple[list[tuple], list[tuple]]:
@@ -92,8 +93,14 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the databases")
     ap.add_argument("--filters", default=None,
                     help="lever: the network's filters, e.g. 8,16,32 (default 16,32,64)")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="lever: early stopping's patience in epochs (train.PATIENCE)")
+    ap.add_argument("--min-gain", type=float, default=None,
+                    help="lever: the relative gain an epoch must make to count (train.MIN_GAIN)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    train.PATIENCE = args.patience or train.PATIENCE
+    train.MIN_GAIN = train.MIN_GAIN if args.min_gain is None else args.min_gain
     lines: list[tuple] = []
     route_lines: list[tuple] = []
     for site_seed in (int(s) for s in args.site_seeds.split(",")):
