@@ -268,10 +268,10 @@ def dataset(images: Images, batch: int, shuffle_seed: int | None,
         x.set_shape((None, *shape[1:]))
         return tf.cast(x, tf.float32)
 
-    # Two batches ahead, and tf.data's autotuning off: on 2 cores its tuning made every other
-    # epoch about 1.6 x slower (a plain Keras fit of a tf.data dataset, the same data: epochs of
-    # 1.54-1.68 s and 2.44-2.59 s with it, 1.52-1.60 s without), and one gathered batch in
-    # flight is all the fit needs.
+    # A fixed prefetch, and tf.data's autotuning off: on 2 cores its tuning made epochs at
+    # random about 1.6 x slower (a plain Keras fit of a tf.data dataset, the same data: epochs
+    # of 1.54-1.68 s and 2.44-2.59 s with it, 1.52-1.60 s without). Gathering a batch takes a
+    # fraction of a step, so a batch or two ready ahead is all the fit needs.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.map(load).map(lambda x: (x, x)).prefetch(PREFETCH).with_options(options)

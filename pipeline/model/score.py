@@ -197,10 +197,9 @@ def compute(s: Scorer, images: np.ndarray, tortuosity: np.ndarray | None = None)
     # Group errors pass by pass too: the traffic counts' product holds 160 KB a flight (float32).
     groups = [s.normaliser.groups(
         s.forward(tf.convert_to_tensor(images[lo:lo + PASS], tf.float32))[0].numpy(),
-        images[lo:lo + PASS]) for lo in range(0, n, PASS)]
-    ch = s.normaliser.channels(
-        np.concatenate(groups) if groups
-        else s.normaliser.groups(np.zeros((0, s.channels, 3)), images), tortuosity)
+        images[lo:lo + PASS]) for lo in range(0, n, PASS)] \
+        or [s.normaliser.groups(np.zeros((0, s.channels, 3)), images)]
+    ch = s.normaliser.channels(np.concatenate(groups), tortuosity)
     scores = s.normaliser.combine(ch)
     flags = scores > row.threshold
     names = errors.groups(s.channels)
