@@ -365,10 +365,20 @@ def test_a_nearly_straight_flight_cannot_flag_through_shape_but_can_through_wher
     score = norm.score(odd, tort)
     assert score[0] < 5 < min(score[1], score[2], score[3])
     assert errors.Normaliser.top(norm, ch)[2] == 0            # carried by where
-    # Below the floor the model's order stays: a worse-drawn straight flight ranks higher.
-    shapes = np.array([[1.0, v, 1.0] for v in (0.5, 0.9, 1.0, 1.2, 3.0, 9.0, 500.0)])
+    # Below the floor the less straight flight ranks higher, whatever the network drew: a
+    # glider in thermals too small for the picture above a badly drawn straight airliner.
+    shapes = np.array([[1.0, v, 1.0] for v in (500.0, 9.0, 3.0, 1.2, 1.0, 0.9, 0.5)])
+    bends = np.array([1.0, 1.01, 1.05, 1.1, 1.13, 1.2, 1.29])
+    pressed = norm.channels(shapes, bends)[:, 1]
+    assert np.all(np.diff(pressed) > 0) and -1.0 <= pressed.min() and pressed.max() < 0.0
+    # Equally straight flights keep the network's order, the worse drawn one higher.
     pressed = norm.channels(shapes, np.full(len(shapes), 1.0))[:, 1]
-    assert np.all(np.diff(pressed) > 0) and -1.0 < pressed.min() and pressed.max() < 0.0
+    assert np.all(np.diff(pressed) < 0) and -1.0 <= pressed.min() and pressed.max() < 0.0
+    # A model saved before the order was stored keeps the network's order.
+    saved = norm.to_json()
+    del saved["straight_by"]
+    before = errors.Normaliser.from_json(saved).channels(shapes, bends)[:, 1]
+    assert np.all(np.diff(before) < 0) and -1.0 < before.min() and before.max() < 0.0
     old = errors.Normaliser.from_json({"median": [1, 1, 1], "scale": [0.1, 0.1, 0.1]})
     assert old.shape_min_tortuosity is None
     np.testing.assert_array_equal(old.channels(odd, tort), old.channels(odd))
