@@ -4,17 +4,19 @@ test and bench (``bench/traffic_change.py``).
 Days 0-2 are ordinary (seed 1 lands on the preferred westerly runways on all three); on day
 ``SWAPPED_DAY`` both airports land the other way (north-easterly wind) with the same corridors,
 volume and daily shape, plus one flight of each pattern. ``load`` inserts them all as finished
-flights; ``train_before_day_two`` trains on days 0-1 only; ``score_as_the_worker_does`` scores
+flights (``load_back_and_forth``: on ``SWAPPED_DAY`` the wind turns twice, other way round in
+the morning and the evening, westerly between); ``train_before_day_two`` trains on days 0-1 only; ``score_as_the_worker_does`` scores
 the rest a few flights at a time in time order, as the worker's passes do through a day.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
 
-from helpers_flights import insert_tracks, sim_tracks
+from helpers_flights import insert_tracks, model_settings, sim_tracks
 from pipeline.config import Settings
 from pipeline.evaluation import simulate
 from pipeline.model import score, train
@@ -35,6 +37,37 @@ def load(engine: sa.Engine, per_day: int, seed: int = SEED) -> dict[int, simulat
     return dict(zip(ids, flights))
 
 
+# Hours of SWAPPED_DAY flown the other way round by load_back_and_forth; westerly between.
+OTHER_WAY_HOURS = ((0.0, 10.0), (17.0, 24.0))
+
+
+def load_back_and_forth(engine: sa.Engine, per_day: int, seed: int = SEED
+                        ) -> dict[int, simulate.SimFlight]:
+    """Days 0-2 as :func:`load`; on ``SWAPPED_DAY`` both airports land the other way until
+    10:00 and again from 17:00, on the preferred westerly runways between (the conditions of
+    day 2): two traffic changes on one day. Returns flights.id -> the flight."""
+    westerly = dataclasses.replace(simulate.day_conditions(3, seed=seed)[2], day=SWAPPED_DAY)
+    other_way = simulate.generate_day(SWAPPED_DAY, SWAPPED, per_day, patterns=PATTERNS,
+                                      seed=seed)
+    # Other addresses for the westerly set: the same day's flights would otherwise share them.
+    usual = simulate.generate_day(SWAPPED_DAY, westerly, per_day, patterns=(), seed=seed + 1,
+                                  icao_base=simulate.ICAO_PREFIX + 0xA0000)
+    day = [f for f in other_way if _other_way(f)] + [f for f in usual if not _other_way(f)]
+    flights = simulate.generate_days(3, per_day, anomaly_fraction=0.02, seed=seed) + \
+        sorted(day, key=lambda f: float(f.t[0]))
+    ids = insert_tracks(engine, sim_tracks(flights, START))
+    return dict(zip(ids, flights))
+
+
+def hour_of_day(f: simulate.SimFlight) -> float:
+    """Hour of its day at which a flight of a load begins."""
+    return float(f.t[0]) / 3600.0 - 24.0 * f.day
+
+
+def _other_way(f: simulate.SimFlight) -> bool:
+    return any(lo <= hour_of_day(f) < hi for lo, hi in OTHER_WAY_HOURS)
+
+
 def train_before_day_two(engine: sa.Engine, settings: Settings, *, seed: int = 3,
                          max_epochs: int = 20):
     """Train on days 0-1 only (the later days are held back as not yet finished)."""
@@ -50,6 +83,21 @@ def train_before_day_two(engine: sa.Engine, settings: Settings, *, seed: int = 3
             conn.execute(sa.text("UPDATE flights SET state = 'finished' WHERE state = 'open'"))
 
 
+WEBHOOK = "http://127.0.0.1:9/hook"        # never called: the outbox rows are what is judged
+
+
+def scored_site(databases, tmp_dir, per_day: int, loader=load):
+    """A new database with the site of ``loader``, trained before day two and scored as the
+    worker does, alerts going to the webhook outbox: (engine, settings, flights.id -> flight)."""
+    url = databases.create()
+    engine = sa.create_engine(url)
+    by_id = loader(engine, per_day)
+    settings = model_settings(url, tmp_dir, alert_webhook_url=WEBHOOK)
+    train_before_day_two(engine, settings)
+    score_as_the_worker_does(engine, settings)
+    return engine, settings, by_id
+
+
 def score_as_the_worker_does(engine: sa.Engine, settings: Settings, batch: int = 6) -> int:
     return score.score_pending(engine, settings, batch=batch)
 
@@ -58,16 +106,22 @@ def day_of(t: dt.datetime) -> int:
     return (t - START).days
 
 
+def changes_and_alerts(conn: sa.Connection) -> tuple[list, list]:
+    """(the traffic_changes rows in order, the webhook outbox's alerts with their flight's
+    start and change)."""
+    changes = conn.execute(sa.text("SELECT * FROM traffic_changes ORDER BY id")).mappings().all()
+    alerts = conn.execute(sa.text("""
+        SELECT o.flight_id, o.payload->>'event' AS event, f.first_seen, f.traffic_change_id
+          FROM alert_outbox o JOIN flights f ON f.id = o.flight_id
+         WHERE o.sink = 'webhook'""")).all()
+    return list(changes), list(alerts)
+
+
 def figures(engine: sa.Engine, by_id: dict[int, simulate.SimFlight]) -> dict:
     """What a user of the swapped day saw: ordinary flights flagged, alerts of their own, the
     changes and their alerts, how long after its first flight each change was found."""
     with engine.connect() as conn:
-        changes = conn.execute(sa.text(
-            "SELECT * FROM traffic_changes ORDER BY id")).mappings().all()
-        alerts = conn.execute(sa.text("""
-            SELECT o.flight_id, o.payload->>'event' AS event, f.first_seen
-              FROM alert_outbox o JOIN flights f ON f.id = o.flight_id
-             WHERE o.sink = 'webhook'""")).all()
+        changes, alerts = changes_and_alerts(conn)
         flagged = conn.execute(sa.text(
             "SELECT id, first_seen FROM flights WHERE flagged")).all()
     day = [f for f in by_id.values() if f.day == SWAPPED_DAY and not f.label]

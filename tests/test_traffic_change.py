@@ -11,7 +11,6 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-import helpers_flights as hf
 import runway_swap as rs
 from pipeline.model import changes
 
@@ -20,18 +19,11 @@ pytestmark = pytest.mark.slow
 START = rs.START
 SWAPPED_DAY = rs.SWAPPED_DAY
 PER_DAY = 150
-WEBHOOK = "http://127.0.0.1:9/hook"        # never called: the outbox rows are what is judged
 
 
 @pytest.fixture(scope="module")
 def site(databases, tmp_path_factory):
-    url = databases.create()
-    engine = sa.create_engine(url)
-    by_id = rs.load(engine, PER_DAY)
-    settings = hf.model_settings(url, tmp_path_factory.mktemp("change"),
-                                 alert_webhook_url=WEBHOOK)
-    rs.train_before_day_two(engine, settings)
-    rs.score_as_the_worker_does(engine, settings)
+    engine, settings, by_id = rs.scored_site(databases, tmp_path_factory.mktemp("change"), PER_DAY)
     yield engine, settings, by_id
     engine.dispose()
 
@@ -43,11 +35,7 @@ def _day(t: dt.datetime) -> int:
 def test_the_swapped_day_is_one_change_with_one_alert(site):
     engine, settings, by_id = site
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM traffic_changes ORDER BY id")).mappings().all()
-        alerts = conn.execute(sa.text("""
-            SELECT o.flight_id, o.payload->>'event' AS event, f.first_seen, f.traffic_change_id
-              FROM alert_outbox o JOIN flights f ON f.id = o.flight_id
-             WHERE o.sink = 'webhook'""")).all()
+        rows, alerts = rs.changes_and_alerts(conn)
         flagged = conn.execute(sa.text("""
             SELECT f.id, f.first_seen, f.traffic_change_id, s.channel FROM flights f
               JOIN flight_scores s ON s.flight_id = f.id AND s.model_id = f.model_id
@@ -152,6 +140,15 @@ def test_binomial_tail_matches_the_exact_sum():
     assert changes.test_window([(now, 100, 3)], 0.01, 1e-6, 5) is None
     trip = changes.test_window([(now, 100, 3), (now, 30, 10)], 0.01, 1e-6, 5)
     assert trip is not None and (trip.n, trip.k) == (30, 10)
+
+
+def test_a_change_subsides_when_its_flags_are_what_chance_gives():
+    # A 3-hour window of a small site: one flag among 25 flights is chance (P = 0.22), where
+    # "twice the rate" (0.5) would have kept the change open; three are not (P = 0.002).
+    assert changes.subsided(0, 25, 0.01) and changes.subsided(1, 25, 0.01)
+    assert not changes.subsided(3, 25, 0.01)
+    # A busy window: about what twice the rate allows.
+    assert changes.subsided(6, 300, 0.01) and not changes.subsided(7, 300, 0.01)
 
 
 def test_the_home_page_shows_the_change_and_marks_its_flags(site):

@@ -35,8 +35,9 @@ the scorer asks here whether the flags of the newest hours are still chance:
   ``ADSB_CHANGE_TRAIN_FLIGHTS`` flights have ended since it began, a training is queued (flights of a change are not left out of training as
   flagged ones are: they are the new normal to learn).
 * **End.** A model trained on flights up to after its start becomes active (``learnt``;
-  another model: ``replaced``), or the group's flags in the window fall back to at most twice
-  what the rate allows, a whole window after it was detected (``subsided``).
+  another model: ``replaced``), or, a whole window after it was detected, the group's flags
+  in the window fall back to what chance gives at the flag rate (``subsided``,
+  :func:`subsided`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ LOW_FT = 3000                 # a change whose flights mostly go below this is n
 # not tell them apart: its noise adds thousands of degrees to a straight-in approach).
 PATTERN_MIN_TORTUOSITY = 2.0
 HEADINGS = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
+# A change has subsided when its group's flags in the window come by chance at the flag rate
+# at least this often (binomial tail): see subsided().
+SUBSIDED_P = 0.05
 
 
 def compass(bearing_deg: float) -> str:
@@ -94,6 +98,21 @@ def binomial_tail(k: int, n: int, p: float) -> float:
             + i * math.log(p) + (n - i) * math.log1p(-p))
     top = float(logs.max())
     return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
+
+
+def subsided(k: int, n: int, rate: float) -> bool:
+    """Whether ``k`` flags of a change's group among ``n`` flights of the window are what the
+    flag rate gives by chance (P(X >= k) at least SUBSIDED_P).
+
+    Why not "at most twice the rate allows", as it was: at a small site a 3-hour window holds
+    a few dozen flights, twice 1 % of them is less than one flag, so one ordinary flag of the
+    usual traffic (which 1 % of flights get, by design) kept a change open for hours after the
+    runways had turned back, and while open a change takes in the flags its group raises,
+    route anomalies among them, instead of alerting them (tests/test_traffic_change_twice.py:
+    150 flights a day, the first change held open until 17:00 by one flag at 13:12). At a busy
+    site the two rules agree within a flag or two (300 flights in the window: at most 6 flags
+    either way)."""
+    return k == 0 or binomial_tail(k, n, rate) >= SUBSIDED_P
 
 
 @dataclass(frozen=True)
@@ -216,7 +235,7 @@ def _review(conn: sa.Connection, settings: Settings, model: registry.ModelRow, s
                AND f.last_seen > :since AND f.last_seen <= :end"""),
             {"site": site, "model": model.id, "ch": change["channel"], "since": starts[0],
              "end": end, "pattern": PATTERN_MIN_TORTUOSITY}).scalar_one()
-        if k_group <= 2 * settings.flag_rate * n:
+        if subsided(k_group, n, settings.flag_rate):
             _end(conn, change, end, "subsided")
     return joined
 
