@@ -4,9 +4,10 @@ test and bench (``bench/traffic_change.py``).
 Days 0-2 are ordinary (seed 1 lands on the preferred westerly runways on all three); on day
 ``SWAPPED_DAY`` both airports land the other way (north-easterly wind) with the same corridors,
 volume and daily shape, plus one flight of each pattern. ``load`` inserts them all as finished
-flights (``load_back_and_forth``: on ``SWAPPED_DAY`` the wind turns twice, other way round in
-the morning and the evening, westerly between); ``train_before_day_two`` trains on days 0-1 only; ``score_as_the_worker_does`` scores
-the rest a few flights at a time in time order, as the worker's passes do through a day.
+flights (``load_back_and_forth``: on ``SWAPPED_DAY`` the wind turns twice, the other way round
+in the morning and the evening, westerly between); ``train_before_day_two`` trains on days 0-1
+only; ``score_as_the_worker_does`` scores the rest a few flights at a time in time order, as
+the worker's passes do through a day.
 """
 
 from __future__ import annotations

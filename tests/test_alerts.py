@@ -580,3 +580,32 @@ def test_a_held_alert_waits_for_the_data_clock_and_a_change_withdraws_it(db, rec
         conn.execute(sa.text("DELETE FROM alert_outbox"))
         outbox.enqueue(conn, s, model_id, flagged)
     assert d.deliver_due(engine).sent == N_FLAGGED
+
+
+def test_the_data_clock_does_not_release_alerts_waiting_behind_an_endpoint_that_is_down(
+        db, receiver):
+    """While a sink's endpoint is down its other alerts wait behind the failed one (one try
+    per backoff step); passing the data clock over them must not make them due again at every
+    scoring batch. Once the endpoint takes alerts again, held ones are released as before."""
+    engine, settings, flagged = db
+    hook = receiver(fail_first=1)
+    s = settings(alert_webhook_url=hook.url, change_hold_min=90, alert_backoff_max_s=3600)
+    score.score_pending(engine, s)
+    model_id = _q(engine, "SELECT id FROM models WHERE status = 'active'")[0][0]
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM alert_outbox"))
+        outbox.enqueue(conn, s, model_id, flagged)
+    d = delivery.Deliverer(s, backoff_base_s=600.0)      # no retry within the test
+    assert d.deliver_due(engine).failed == 1 and len(hook.requests) == 1
+    waiting = {r.flight_id: r.next_attempt_at for r in _outbox(engine)}
+    end = _q(engine, "SELECT max(last_seen) FROM flights")[0][0]
+    with engine.begin() as conn:
+        assert outbox.release_held(conn, "default", end) == 0
+    assert {r.flight_id: r.next_attempt_at for r in _outbox(engine)} == waiting
+    assert d.deliver_due(engine).sent == 0 and len(hook.requests) == 1
+
+    # The endpoint is back and the failed alert went: a held alert is released by the clock.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM alert_outbox"))
+        outbox.enqueue(conn, s, model_id, flagged[:1], held={flagged[0]})
+        assert outbox.release_held(conn, "default", end) == 1

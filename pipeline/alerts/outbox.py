@@ -113,12 +113,23 @@ def absorb(conn: sa.Connection, flight_ids: list[int]) -> int:
 
 def release_held(conn: sa.Connection, site: str, until: Any) -> int:
     """Make the held alerts of the site's flights that ended at or before ``until`` (the data
-    clock minus the hold) due now. Returns how many flights' alerts were released."""
+    clock minus the hold) due now. Returns how many flights' alerts were released.
+
+    Not those of a sink whose endpoint is down (a failed send of it waits for its retry): the
+    delivery job has pushed that sink's other rows back behind the failed one, which makes
+    them look held (never tried, not yet due), and making them due again at every scoring
+    batch tried the endpoint once a pass instead of once a backoff step (found by the soak with
+    a webhook nobody listened on: "alerts of 55 flags released", then 54, 53, ..., a batch
+    apart). They go when the sink takes alerts again, or when the delivery job's wait ends."""
     done = conn.execute(sa.text(f"""
         UPDATE alert_outbox o SET next_attempt_at = now()
           FROM flights f
          WHERE f.id = o.flight_id AND f.icao24 = o.icao24 AND f.site = :site
            AND f.last_seen <= :until AND {_HELD}
+           AND NOT EXISTS (SELECT 1 FROM alert_outbox down
+                            WHERE down.sink = o.sink AND down.attempts > 0
+                              AND down.delivered_at IS NULL
+                              AND down.next_attempt_at < 'infinity')
         RETURNING o.flight_id"""), {"site": site, "until": until}).scalars().all()
     return len(set(done))
 
