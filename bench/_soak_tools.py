@@ -358,21 +358,25 @@ def parse_metrics(text: str, prefix: str = "adsb_ingest_") -> dict[str, float]:
     return out
 
 
-def flag_summary(rows: Iterable[tuple[str, int | None, bool]],
-                 flights: list[simulate.SimFlight],
-                 conditions: list[simulate.DayConditions]) -> list[dict]:
-    """Per simulated day: flights scored, ordinary ones flagged, simulated anomalies flagged,
-    the models that scored them and whether the day's runways were flipped (an easterly day: a
-    model that has seen only westerly days flags its approaches and departures).
+def flag_summary(rows: Iterable[tuple], flights: list[simulate.SimFlight],
+                 conditions: list[simulate.DayConditions],
+                 alerts: Iterable[tuple[str, str]] = ()) -> list[dict]:
+    """Per simulated day: flights scored, ordinary ones flagged (and of those, how many a
+    traffic change took in), simulated anomalies flagged, the models that scored them, whether
+    the day's runways were flipped (an easterly day: a model that has seen only westerly days
+    flags its approaches and departures), and the alerts sent: of ordinary flights on their
+    own, of anomalies, and of traffic changes.
 
-    ``rows``: (icao24, model_id, flagged) of every scored finished flight; each simulated
-    flight has its own address."""
+    ``rows``: (icao24, model_id, flagged[, traffic_change_id]) of every scored finished flight;
+    ``alerts``: (icao24, event) of every alert of one sink; each simulated flight has its own
+    address."""
     truth = {f.icao24: f for f in flights}
     days: list[dict] = [{"day": d, "scored": 0, "ordinary_flagged": 0, "ordinary": 0,
-                         "anomalies_flagged": 0, "anomalies": 0, "models": set(),
-                         "runways_flipped": list(c.runway_flipped)}
+                         "ordinary_in_change": 0, "anomalies_flagged": 0, "anomalies": 0,
+                         "models": set(), "runways_flipped": list(c.runway_flipped),
+                         "alerts_ordinary": 0, "alerts_anomalies": 0, "alerts_change": 0}
                         for d, c in enumerate(conditions)]
-    for icao24, model_id, flagged in rows:
+    for icao24, model_id, flagged, *change in rows:
         f = truth.get(icao24)
         if f is None or f.day >= len(days):
             continue
@@ -382,6 +386,14 @@ def flag_summary(rows: Iterable[tuple[str, int | None, bool]],
         kind = "anomalies" if f.label else "ordinary"
         day[kind] += 1
         day[f"{kind}_flagged"] += bool(flagged)
+        day["ordinary_in_change"] += bool(flagged and not f.label and change and change[0])
+    for icao24, event in alerts:
+        f = truth.get(icao24)
+        if f is None or f.day >= len(days):
+            continue
+        key = "alerts_change" if event == "traffic_change" else \
+            "alerts_anomalies" if f.label else "alerts_ordinary"
+        days[f.day][key] += 1
     for day in days:
         day["models"] = sorted(m for m in day["models"] if m is not None)
     return days

@@ -214,6 +214,9 @@ class Soak:
             "ADSB_BUFFER_MAX_ROWS": str(a.buffer_rows),
             "ADSB_RECEIVER_TIMEOUT_S": "20",
             "ADSB_ALERT_NOTIFY_CHANNEL": "",
+            # A webhook nobody listens on: the outbox's rows are what a user would have been
+            # sent (alerts of flags, of traffic changes); deliveries fail and are retried.
+            "ADSB_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/soak-alerts",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         })
         env.update(extra)
@@ -683,9 +686,17 @@ class Soak:
                                      "reason", "activated_at")}
                            for row in c.execute(sa.text("SELECT * FROM models ORDER BY id"))]
             r["flags_per_day"] = flag_summary(
-                q("SELECT icao24, model_id, flagged FROM flights WHERE state = 'finished' "
-                  "AND score IS NOT NULL"),
-                self.flights, simulate.day_conditions(a.days, seed=a.seed))
+                q("SELECT icao24, model_id, flagged, traffic_change_id FROM flights "
+                  "WHERE state = 'finished' AND score IS NOT NULL"),
+                self.flights, simulate.day_conditions(a.days, seed=a.seed),
+                q("SELECT f.icao24, o.payload->>'event' FROM alert_outbox o "
+                  "JOIN flights f ON f.id = o.flight_id WHERE o.sink = 'webhook'"))
+            r["traffic_changes"] = [
+                {k: (str(v) if not isinstance(v, (int, float, type(None))) else v)
+                 for k, v in row._mapping.items()
+                 if k in ("id", "model_id", "channel", "region", "started_at", "detected_at",
+                          "ended_at", "end_reason", "flights_flagged")}
+                for row in c.execute(sa.text("SELECT * FROM traffic_changes ORDER BY id"))]
             r["job_runs"] = [tuple(str(x) for x in row) for row in q(
                 "SELECT job, runs, failures, last_ok, round(last_seconds::numeric, 2) "
                 "FROM job_runs ORDER BY job")]
