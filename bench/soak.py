@@ -679,24 +679,24 @@ class Soak:
                     "(s.score IS NULL OR s.score <> f.score)")[0][0],
                 "flagged": q("SELECT count(*) FROM flagged_flights")[0][0],
             }
-            r["models"] = [{k: (str(v) if not isinstance(v, (int, float, type(None))) else v)
-                            for k, v in row._mapping.items()
-                            if k in ("id", "version", "created_at", "data_to", "n_train",
-                                     "n_excluded", "epochs", "seconds", "threshold", "status",
-                                     "reason", "activated_at")}
-                           for row in c.execute(sa.text("SELECT * FROM models ORDER BY id"))]
+
+            def table(sql: str) -> list[dict]:
+                # Rows as JSON: numbers and NULL as they are, timestamps and the rest as text.
+                return [{k: v if isinstance(v, (int, float, type(None))) else str(v)
+                         for k, v in row._mapping.items()} for row in c.execute(sa.text(sql))]
+
+            r["models"] = table(
+                "SELECT id, version, created_at, data_to, n_train, n_excluded, epochs, seconds, "
+                "threshold, status, reason, activated_at FROM models ORDER BY id")
             r["flags_per_day"] = flag_summary(
                 q("SELECT icao24, model_id, flagged, traffic_change_id FROM flights "
                   "WHERE state = 'finished' AND score IS NOT NULL"),
                 self.flights, simulate.day_conditions(a.days, seed=a.seed),
                 q("SELECT f.icao24, o.payload->>'event' FROM alert_outbox o "
                   "JOIN flights f ON f.id = o.flight_id WHERE o.sink = 'webhook'"))
-            r["traffic_changes"] = [
-                {k: (str(v) if not isinstance(v, (int, float, type(None))) else v)
-                 for k, v in row._mapping.items()
-                 if k in ("id", "model_id", "channel", "region", "started_at", "detected_at",
-                          "ended_at", "end_reason", "flights_flagged")}
-                for row in c.execute(sa.text("SELECT * FROM traffic_changes ORDER BY id"))]
+            r["traffic_changes"] = table(
+                "SELECT id, model_id, channel, region, started_at, detected_at, ended_at, "
+                "end_reason, flights_flagged FROM traffic_changes ORDER BY id")
             r["job_runs"] = [tuple(str(x) for x in row) for row in q(
                 "SELECT job, runs, failures, last_ok, round(last_seconds::numeric, 2) "
                 "FROM job_runs ORDER BY job")]

@@ -330,10 +330,10 @@ class Normaliser:
             if self.straight_by == "network":
                 pressed = network - 1.0
             else:
-                # Log tortuosity as a share of the floor's, in [0, 1); the network's order
-                # moves a flight by at most STRAIGHT_TIE of it (ties: a two-point track is 1).
-                share = np.log(np.clip(np.nan_to_num(t, nan=1.0), 1.0, self.shape_min_tortuosity)) \
-                    / np.log(self.shape_min_tortuosity)
+                # Log tortuosity as a share of the floor's, in [0, 1) below it; the network's
+                # order moves a flight by at most STRAIGHT_TIE of it (ties: a two-point track
+                # is 1). Flights not below the floor (or of unknown tortuosity) keep ``shape``.
+                share = np.log(np.maximum(t, 1.0)) / np.log(self.shape_min_tortuosity)
                 pressed = (1.0 - STRAIGHT_TIE) * share + STRAIGHT_TIE * network - 1.0
             ch[:, SHAPE_GROUP] = np.where(straight, pressed, shape)
         return ch
