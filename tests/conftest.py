@@ -147,3 +147,12 @@ def sim_trained(databases, tmp_path_factory) -> SimTrained:
     finally:
         engine.dispose()
     return SimTrained(template, url, tracks, settings, result)
+
+
+@pytest.fixture(scope="session")
+def runway_trained(databases, tmp_path_factory):
+    """The runway-swap site's days 0-2 and its model trained on days 0-1 (tests/runway_swap.py),
+    trained once for the traffic-change tests, which score their own day 3 on a copy."""
+    import runway_swap
+
+    return runway_swap.trained_site(databases, tmp_path_factory.mktemp("runway") / "data")

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 
 START = rs.START
 SWAPPED_DAY = rs.SWAPPED_DAY
-PER_DAY = 150
+PER_DAY = rs.TEST_PER_DAY
 
 
 @pytest.fixture(scope="module")
-def site(databases, tmp_path_factory):
-    engine, settings, by_id = rs.scored_site(databases, tmp_path_factory.mktemp("change"), PER_DAY)
+def site(databases, runway_trained):
+    engine, settings, by_id = rs.scored_site(databases, runway_trained,
+                                             rs.swapped_day(rs.TEST_PER_DAY))
     yield engine, settings, by_id
     engine.dispose()
 

@@ -15,13 +15,13 @@ import runway_swap as rs
 
 pytestmark = pytest.mark.slow
 
-PER_DAY = 150
+PER_DAY = rs.TEST_PER_DAY
 
 
 @pytest.fixture(scope="module")
-def site(databases, tmp_path_factory):
-    engine, settings, by_id = rs.scored_site(databases, tmp_path_factory.mktemp("twice"),
-                                             PER_DAY, rs.load_back_and_forth)
+def site(databases, runway_trained):
+    engine, settings, by_id = rs.scored_site(databases, runway_trained,
+                                             rs.back_and_forth_day(rs.TEST_PER_DAY))
     yield engine, settings, by_id
     engine.dispose()
 
