@@ -288,6 +288,74 @@ def test_a_flight_judged_normal_does_not_alert(db, listener):
         (f, "anomalous" if f == changed_mind else None) for f in alerted]
 
 
+def _new_active_model(conn, threshold: str) -> int:
+    """Another model row on the same file, with the given threshold (an SQL expression of the
+    first model's), made active: the nightly model, for tests of what its re-score does."""
+    conn.execute(sa.text("UPDATE models SET status = 'retired' WHERE status = 'active'"))
+    return conn.execute(sa.text(f"""
+        INSERT INTO models (version, status, threshold, params, path, sha256, site)
+        SELECT version || '-' || (SELECT count(*) FROM models), 'active', {threshold}, params,
+               path, sha256, site FROM models ORDER BY id LIMIT 1
+        RETURNING id""")).scalar_one()
+
+
+def test_a_newer_model_that_does_not_confirm_a_flag_withdraws_its_alert(db, listener, receiver):
+    """The nightly model re-scores the recent days; a flag it does not confirm leaves
+    flagged_flights and the pages, so its alert is withdrawn: deleted where nobody was sent it
+    yet, followed by a "withdrawn" message where someone was (or a send failed and will be
+    retried: the withdrawal goes after it). A flag that comes back alerts again."""
+    engine, settings, flagged = db
+    s = settings(alert_webhook_url="http://127.0.0.1:9/hook")
+    score.score_pending(engine, s)
+    assert len(notifications(listener, expect=N_FLAGGED)) == N_FLAGGED
+    # Two sent, one failed (retried in 2 s), one held (an hour), one due and never tried.
+    sent, failed, held = flagged[:2], flagged[2], flagged[3]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alert_outbox SET delivered_at = now() "
+                             "WHERE flight_id = ANY(:f)"), {"f": sent})
+        conn.execute(sa.text("""UPDATE alert_outbox SET attempts = 1, last_error = 'HTTP 503',
+                                next_attempt_at = now() + interval '2 seconds'
+                                WHERE flight_id = :f"""), {"f": failed})
+        conn.execute(sa.text("UPDATE alert_outbox SET next_attempt_at = now() + interval "
+                             "'1 hour' WHERE flight_id = :f"), {"f": held})
+        first = conn.execute(sa.text("SELECT version FROM models WHERE status = 'active'")).scalar()
+        nightly = _new_active_model(conn, "1e9")           # flags nothing
+    assert score.score_pending(engine, s) == 64
+    assert _q(engine, "SELECT count(*) FROM flagged_flights")[0][0] == 0
+
+    rows = _outbox(engine)
+    flags = {r.flight_id: r for r in rows if r.payload["event"] == "flag"}
+    withdrawn = {r.flight_id: r for r in rows if r.payload["event"] == "withdrawn"}
+    assert sorted(flags) == [*sent, failed]                  # never sent: deleted
+    assert sorted(withdrawn) == [*sent, failed]
+    for f, r in withdrawn.items():
+        assert r.model_id == nightly and r.sink == "webhook" and r.delivered_at is None
+        assert r.payload["flagged_by_model_version"] == first
+        assert r.payload["flight_id"] == f and r.payload["score"] < r.payload["threshold"]
+    assert withdrawn[failed].next_attempt_at == flags[failed].next_attempt_at
+    notified = notifications(listener, expect=3)
+    assert sorted(n["flight_id"] for n in notified) == [*sent, failed]
+    assert {n["event"] for n in notified} == {"withdrawn"}
+
+    # Sent as they fall due: the failed flag first, its withdrawal after it.
+    hook = receiver()
+    d = delivery.Deliverer(settings(alert_webhook_url=hook.url))
+    assert d.deliver_due(engine).sent == 2
+    time.sleep(2.2)
+    assert d.deliver_due(engine).sent == 2
+    assert [(b["event"], b["flight_id"]) for b in hook.delivered()] == [
+        ("withdrawn", sent[0]), ("withdrawn", sent[1]), ("flag", failed), ("withdrawn", failed)]
+
+    # The same model again: nothing new. A model that flags them again: each alerts anew.
+    assert score.score_pending(engine, s, rescore=True) == 64
+    assert len(_outbox(engine)) == len(rows) and notifications(listener, wait=0.5) == []
+    with engine.begin() as conn:
+        again = _new_active_model(conn, "threshold")
+    assert score.score_pending(engine, s) == 64
+    assert sorted(r.flight_id for r in _outbox(engine) if r.model_id == again) == flagged
+    assert sorted(n["flight_id"] for n in notifications(listener, expect=N_FLAGGED)) == flagged
+
+
 # ---- delivery ------------------------------------------------------------------------------------
 def _mqtt_up() -> bool:
     try:

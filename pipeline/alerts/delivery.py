@@ -231,6 +231,10 @@ class Deliverer:
         if p.get("event") == message.CHANGE_EVENT:
             log.info("alert sent: traffic change %s (%s) to %s %s", p.get("traffic_change_id"),
                      p.get("region"), row.sink, endpoint)
+        elif p.get("event") == message.WITHDRAWN_EVENT:
+            log.info("alert sent: flag of flight %s %s withdrawn (model %s) to %s %s",
+                     row.flight_id, p.get("callsign") or p.get("icao24"),
+                     p.get("model_version"), row.sink, endpoint)
         else:
             log.info("alert sent: flight %s %s (score x%s, %s) to %s %s", row.flight_id,
                      p.get("callsign") or p.get("icao24"), p.get("score_ratio"),

@@ -1,5 +1,5 @@
-"""The JSON body of a flag alert: the same object for the webhook POST, the MQTT message and
-the NOTIFY payload (documented in docs/alerts.md)."""
+"""The JSON body of an alert (a flag, its withdrawal, a traffic change): the same object for the
+webhook POST, the MQTT message and the NOTIFY payload (documented in docs/alerts.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pipeline.config import Settings
 
 EVENT = "flag"
 CHANGE_EVENT = "traffic_change"
+WITHDRAWN_EVENT = "withdrawn"
 
 # The flag as the scorer has just written it (flights + its score by this model).
 _FLAGS = sa.text("""
@@ -69,6 +70,18 @@ def bodies(conn: sa.Connection, settings: Settings, model_id: int,
     so they are exactly what it wrote)."""
     rows = conn.execute(_FLAGS, {"model": model_id, "ids": flight_ids}).all()
     return [body(r, settings) for r in rows]
+
+
+def withdrawal_bodies(conn: sa.Connection, settings: Settings, model_id: int,
+                      flagged_by: dict[int, str]) -> list[dict[str, Any]]:
+    """Messages withdrawing the flags of the given flights (flight id -> the version of the
+    model whose flag alerted): the flight as ``model_id`` has just scored it, below its
+    threshold."""
+    out = []
+    for b in bodies(conn, settings, model_id, sorted(flagged_by)):
+        out.append({**b, "event": WITHDRAWN_EVENT,
+                    "flagged_by_model_version": flagged_by[b["flight_id"]]})
+    return out
 
 
 _CHANGE = sa.text("""

@@ -2,9 +2,14 @@
 scores, so a flag and its alerts are committed together or not at all (a crash between the two
 cannot lose an alert or send one for a flag that was rolled back).
 
-A flag alerts once per flight: when a flight is flagged and no model had flagged it before
-(a re-score by the same model, or by the next model after the nightly training, of a flight
+A flag alerts once per flight: when a flight is flagged that was not flagged as it stood (a
+re-score by the same model, or by the next model after the nightly training, of a flight
 already flagged says nothing new), unless the user's newest verdict on it is "normal".
+
+When a newer model re-scores a flight whose flag alerted and does not flag it, the flag is
+withdrawn (:func:`withdraw`): an alert not sent yet is deleted, and every sink that was sent
+it (or is being sent it) gets a ``withdrawn`` message after it. A later flag of that flight
+alerts again.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ log = logging.getLogger(__name__)
 WEBHOOK = "webhook"
 MQTT = "mqtt"
 
-# Must run before the batch's scores are written: "flagged before" is read from the history.
+# Must run before the batch's scores are written: "flagged" is the flight's flag as it stood,
+# by the model that scored it last (a flag a newer model withdrew alerts again if it returns).
 _NEW_FLAGS = sa.text("""
     SELECT u.fid FROM unnest(CAST(:ids AS bigint[])) AS u(fid)
-     WHERE NOT EXISTS (SELECT 1 FROM flight_scores s WHERE s.flight_id = u.fid AND s.flagged)
+     WHERE NOT EXISTS (SELECT 1 FROM flights f WHERE f.id = u.fid AND f.flagged)
        AND NOT EXISTS (SELECT 1 FROM flight_verdicts v
                         WHERE v.flight_id = u.fid AND v.verdict = 'normal')
      ORDER BY u.fid""")
@@ -93,6 +99,66 @@ def enqueue_change(conn: sa.Connection, settings: Settings, model_id: int,
     _write(conn, settings, model_id, [b])
     log.info("traffic change %d: one alert (%s)", change_id, b["region"])
     return b
+
+
+# Flag alerts of an earlier model for the batch's flights, not withdrawn since (no withdrawal
+# of that flight to that sink after it), the user not having judged the flight normal.
+_STANDING = """
+      FROM alert_outbox o JOIN flights f ON f.icao24 = o.icao24 AND f.id = o.flight_id
+     WHERE f.id = ANY(:ids) AND o.model_id <> :m AND o.payload->>'event' = 'flag'
+       AND NOT EXISTS (SELECT 1 FROM alert_outbox w
+                        WHERE w.icao24 = o.icao24 AND w.flight_id = o.flight_id
+                          AND w.sink = o.sink AND w.id > o.id
+                          AND w.payload->>'event' = 'withdrawn')
+       AND NOT EXISTS (SELECT 1 FROM flight_verdicts v
+                        WHERE v.flight_id = f.id AND v.verdict = 'normal')"""
+
+
+def withdraw(conn: sa.Connection, settings: Settings, model_id: int,
+             cleared_ids: list[int]) -> list[dict[str, Any]]:
+    """Withdraw the flags of these flights, which ``model_id`` has just scored below its
+    threshold, where an earlier model's flag of them alerted (in the scorer's transaction,
+    after the scores are written). Returns the withdrawal messages.
+
+    Why: the nightly model re-scores the recent days (ADSB_RESCORE_DAYS), and a flag it does
+    not confirm disappears from ``flagged_flights`` and the web pages; a person who was sent
+    the flag would otherwise be left with an alert nothing else shows any more (the soak: 24
+    alerts of ordinary flights on a day that kept 15 flags).
+
+    A flag alert never tried is deleted: nobody was told (one given up stays, as the record
+    of that, and is not withdrawn either). A sink that was sent it, or whose send failed and
+    will be retried, gets a ``withdrawn`` message due when the flag is, so it is sent after
+    it (the delivery job sends a sink's rows in order of ``next_attempt_at, id``). A send in
+    progress holds its row's lock: the delete waits for it, then leaves the row it delivered."""
+    if not cleared_ids:
+        return []
+    params = {"ids": cleared_ids, "m": model_id}
+    conn.execute(sa.text(f"""
+        DELETE FROM alert_outbox d WHERE d.id IN (SELECT o.id {_STANDING})
+           AND d.delivered_at IS NULL AND d.attempts = 0 AND d.next_attempt_at < 'infinity'
+        """), params)
+    told = conn.execute(sa.text(f"""
+        SELECT o.flight_id, o.sink, o.next_attempt_at, o.payload->>'model_version' AS version
+        {_STANDING} AND (o.delivered_at IS NOT NULL OR o.next_attempt_at < 'infinity')
+         ORDER BY o.id"""), params).all()
+    if not told:
+        return []
+    flagged_by = {r.flight_id: r.version for r in told}
+    bodies = message.withdrawal_bodies(conn, settings, model_id, flagged_by)
+    by_flight = {b["flight_id"]: b for b in bodies}
+    rows = [{"flight_id": r.flight_id, "icao24": by_flight[r.flight_id]["icao24"],
+             "model_id": model_id, "sink": r.sink, "payload": by_flight[r.flight_id],
+             "next_attempt_at": r.next_attempt_at} for r in told if r.flight_id in by_flight]
+    # Due when its flag is: a flag waiting for a retry goes first (its id is lower).
+    conn.execute(insert(alert_outbox).on_conflict_do_nothing(
+        index_elements=["icao24", "flight_id", "model_id", "sink"]), rows)
+    if settings.alert_notify_channel:
+        conn.execute(_NOTIFY, {"channel": settings.alert_notify_channel,
+                               "payloads": [message.encode(b).decode() for b in bodies]})
+    log.info("flags withdrawn by the newer model: %s", ", ".join(
+        f"flight {b['flight_id']} {b['callsign'] or b['icao24']} (flagged by "
+        f"{b['flagged_by_model_version']})" for b in bodies))
+    return bodies
 
 
 # A held row: never tried, not yet due, not given up ('infinity'), a flag's.

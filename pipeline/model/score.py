@@ -14,11 +14,13 @@ one model); older flights keep the score of the model that was active then.
 Two workers may run this at once: each batch is claimed with ``FOR UPDATE SKIP LOCKED`` and
 marked with the model in the same transaction, so no flight is scored twice by one model.
 
-A flight flagged for the first time (no model flagged it before) and not judged normal by the
-user gets its alerts in that same transaction: outbox rows for the webhook and MQTT sinks and a
+A flight newly flagged (not flagged as it stood, by the model that scored it last) and not
+judged normal by the user gets its alerts in that same transaction: outbox rows for the webhook and MQTT sinks and a
 NOTIFY (:mod:`pipeline.alerts.outbox`); sending them is the delivery job's work, never this one's.
 Flags of a traffic change (far more flags than the flag rate allows, e.g. the other runway in
-use) alert once, through the change: :mod:`pipeline.model.changes`.
+use) alert once, through the change: :mod:`pipeline.model.changes`. A flag that alerted and
+that a newer model's re-score does not confirm is withdrawn in the same way
+(:func:`pipeline.alerts.outbox.withdraw`).
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
         hit = np.flatnonzero(out.flags)
         params = {"model": row.id, "threshold": row.threshold, "ids": ids,
                   "scores": out.scores.tolist(), "flags": out.flags.tolist()}
-        # Read before this batch's scores are written: "flagged before" is in the history.
+        # Read before this batch's scores are written: the flag as it stood decides what alerts.
         alert = outbox.new_flags(conn, [ids[i] for i in hit.tolist()]) \
             if settings is not None and outbox.enabled(settings) else []
         conn.execute(_INSERT_SCORES, {
@@ -241,6 +243,8 @@ def _score_batch(conn: sa.Connection, s: Scorer, ids: list[int], images: np.ndar
             "chs": out.top, "ers": out.error_row, "ecs": out.error_col,
             "recs": out.reconstructions})
         conn.execute(_UPDATE_FLIGHTS, params)
+        if settings is not None and outbox.enabled(settings):
+            outbox.withdraw(conn, settings, row.id, [ids[i] for i in np.flatnonzero(~out.flags)])
         held: set[int] = set()
         if settings is not None:
             # Flags of a traffic change alert once, through the change (pipeline/model/changes.py).
