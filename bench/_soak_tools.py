@@ -365,7 +365,8 @@ def flag_summary(rows: Iterable[tuple], flights: list[simulate.SimFlight],
     traffic change took in), simulated anomalies flagged, the models that scored them, whether
     the day's runways were flipped (an easterly day: a model that has seen only westerly days
     flags its approaches and departures), and the alerts sent: of ordinary flights on their
-    own, of anomalies, and of traffic changes.
+    own, of anomalies, of traffic changes, and the withdrawals of flags a newer model did not
+    confirm (of ordinary flights, of anomalies).
 
     ``rows``: (icao24, model_id, flagged[, traffic_change_id]) of every scored finished flight;
     ``alerts``: (icao24, event) of every alert of one sink; each simulated flight has its own
@@ -374,7 +375,8 @@ def flag_summary(rows: Iterable[tuple], flights: list[simulate.SimFlight],
     days: list[dict] = [{"day": d, "scored": 0, "ordinary_flagged": 0, "ordinary": 0,
                          "ordinary_in_change": 0, "anomalies_flagged": 0, "anomalies": 0,
                          "models": set(), "runways_flipped": list(c.runway_flipped),
-                         "alerts_ordinary": 0, "alerts_anomalies": 0, "alerts_change": 0}
+                         "alerts_ordinary": 0, "alerts_anomalies": 0, "alerts_change": 0,
+                         "withdrawn_ordinary": 0, "withdrawn_anomalies": 0}
                         for d, c in enumerate(conditions)]
     for icao24, model_id, flagged, *change in rows:
         f = truth.get(icao24)
@@ -391,8 +393,9 @@ def flag_summary(rows: Iterable[tuple], flights: list[simulate.SimFlight],
         f = truth.get(icao24)
         if f is None or f.day >= len(days):
             continue
+        kind = "anomalies" if f.label else "ordinary"
         key = "alerts_change" if event == "traffic_change" else \
-            "alerts_anomalies" if f.label else "alerts_ordinary"
+            f"withdrawn_{kind}" if event == "withdrawn" else f"alerts_{kind}"
         days[f.day][key] += 1
     for day in days:
         day["models"] = sorted(m for m in day["models"] if m is not None)

@@ -177,10 +177,14 @@ def test_flag_summary_counts_each_day_against_the_simulated_truth():
     # With the traffic change of each flag and the alerts sent.
     rows = [(f.icao24, 1, True, 7 if i % 2 else None) for i, f in enumerate(ordinary)]
     alerts = [(f.icao24, "flag") for i, f in enumerate(ordinary) if not i % 2]
-    alerts += [(ordinary[1].icao24, "traffic_change"), (odd[0].icao24, "flag")]
+    alerts += [(ordinary[1].icao24, "traffic_change"), (odd[0].icao24, "flag"),
+               (ordinary[0].icao24, "withdrawn")]
     days = flag_summary(rows, flights, conditions, alerts)
     assert sum(d["ordinary_in_change"] for d in days) == len(ordinary) // 2
     assert sum(d["alerts_ordinary"] for d in days) == (len(ordinary) + 1) // 2
     assert sum(d["alerts_change"] for d in days) == 1
     assert days[ordinary[1].day]["alerts_change"] == 1
     assert sum(d["alerts_anomalies"] for d in days) == 1
+    assert sum(d["withdrawn_ordinary"] for d in days) == 1
+    assert days[ordinary[0].day]["withdrawn_ordinary"] == 1
+    assert sum(d["withdrawn_anomalies"] for d in days) == 0
