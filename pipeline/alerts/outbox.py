@@ -7,9 +7,9 @@ re-score by the same model, or by the next model after the nightly training, of 
 already flagged says nothing new), unless the user's newest verdict on it is "normal".
 
 When a newer model re-scores a flight whose flag alerted and does not flag it, the flag is
-withdrawn (:func:`withdraw`): an alert not sent yet is deleted, and every sink that was sent
-it (or is being sent it) gets a ``withdrawn`` message after it. A later flag of that flight
-alerts again.
+withdrawn (:func:`withdraw`): an alert never tried is deleted, and every sink that was sent
+it (or will be, after a failed send) gets a ``withdrawn`` message after it. A later flag of
+that flight alerts again.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Two workers may run this at once: each batch is claimed with ``FOR UPDATE SKIP L
 marked with the model in the same transaction, so no flight is scored twice by one model.
 
 A flight newly flagged (not flagged as it stood, by the model that scored it last) and not
-judged normal by the user gets its alerts in that same transaction: outbox rows for the webhook and MQTT sinks and a
-NOTIFY (:mod:`pipeline.alerts.outbox`); sending them is the delivery job's work, never this one's.
+judged normal by the user gets its alerts in that same transaction: outbox rows for the webhook
+and MQTT sinks and a NOTIFY (:mod:`pipeline.alerts.outbox`); sending them is the delivery job's
+work, never this one's.
 Flags of a traffic change (far more flags than the flag rate allows, e.g. the other runway in
 use) alert once, through the change: :mod:`pipeline.model.changes`. A flag that alerted and
 that a newer model's re-score does not confirm is withdrawn in the same way
