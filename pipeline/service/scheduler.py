@@ -23,10 +23,10 @@ training of an hour never holds up a site's flights. APScheduler jobs (``coalesc
   workers that stopped beating go back to the queue; old finished jobs are pruned;
 * ``retention`` every ADSB_RETENTION_INTERVAL_S (daily): partitions ahead, and dropping
   positions older than ADSB_RETENTION_DAYS;
-* ``alerts``    every ALERT_TICK_S: send due flag alerts (webhook, MQTT) from ``alert_outbox``
-  (pipeline.alerts.delivery). Not recorded in ``job_runs`` (it would rewrite it 17,000 times a
-  day; the outbox rows are its record) and never raises: a failing pass is logged at most
-  every few minutes.
+* ``alerts``    every ALERT_TICK_S: send due alerts (flags, their withdrawals, traffic
+  changes) by webhook and MQTT from ``alert_outbox`` (pipeline.alerts.delivery). Not recorded
+  in ``job_runs`` (it would rewrite it 17,000 times a day; the outbox rows are its record) and
+  never raises: a failing pass is logged at most every few minutes.
 
 Each run is recorded in ``job_runs`` (by kind) and in ``jobs`` (each job). A failing job
 (database gone, training crashed) is logged and counted; the next tick simply queues it again.
@@ -491,7 +491,7 @@ def build_scheduler(settings: Settings, engine: sa.Engine, *, worker: Worker | N
                   "interval", seconds=settings.job_lease_s / 6, id="jobs",
                   name="heartbeat, recover jobs of stopped workers", next_run_time=now)
     sched.add_job(lambda: None if worker.stopping.is_set() else worker.deliver_alerts(),
-                  "interval", seconds=ALERT_TICK_S, id="alerts", name="deliver flag alerts",
+                  "interval", seconds=ALERT_TICK_S, id="alerts", name="deliver alerts",
                   next_run_time=now + dt.timedelta(seconds=ALERT_TICK_S))
     sched.add_job(job("retention", worker.retention), "interval",
                   seconds=settings.retention_interval_s, id="retention",
