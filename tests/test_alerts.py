@@ -333,6 +333,8 @@ def test_a_newer_model_that_does_not_confirm_a_flag_withdraws_its_alert(db, list
         assert r.payload["flagged_by_model_version"] == first
         assert r.payload["flight_id"] == f and r.payload["score"] < r.payload["threshold"]
     assert withdrawn[failed].next_attempt_at == flags[failed].next_attempt_at
+    assert set(json.loads(documented("json", '"event": "withdrawn"'))) == \
+        set(withdrawn[failed].payload)                        # the message docs/alerts.md shows
     notified = notifications(listener, expect=3)
     assert sorted(n["flight_id"] for n in notified) == [*sent, failed]
     assert {n["event"] for n in notified} == {"withdrawn"}
