@@ -18,7 +18,6 @@ pytestmark = pytest.mark.slow
 
 START = rs.START
 SWAPPED_DAY = rs.SWAPPED_DAY
-PER_DAY = rs.TEST_PER_DAY
 
 
 @pytest.fixture(scope="module")

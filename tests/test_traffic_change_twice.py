@@ -15,8 +15,6 @@ import runway_swap as rs
 
 pytestmark = pytest.mark.slow
 
-PER_DAY = rs.TEST_PER_DAY
-
 
 @pytest.fixture(scope="module")
 def site(databases, runway_trained):

@@ -128,19 +128,24 @@ def withdraw(conn: sa.Connection, settings: Settings, model_id: int,
     A flag alert never tried is deleted: nobody was told (one given up stays, as the record
     of that, and is not withdrawn either). A sink that was sent it, or whose send failed and
     will be retried, gets a ``withdrawn`` message due when the flag is, so it is sent after
-    it (the delivery job sends a sink's rows in order of ``next_attempt_at, id``). A send in
-    progress holds its row's lock: the delete waits for it, then leaves the row it delivered."""
+    it (the delivery job sends a sink's rows in order of ``next_attempt_at, id``). The rows
+    are read locked: a send in progress holds its row's lock, so the read waits for it and
+    then sees the row delivered. One read when nothing is to withdraw (a first scoring)."""
     if not cleared_ids:
         return []
-    params = {"ids": cleared_ids, "m": model_id}
-    conn.execute(sa.text(f"""
-        DELETE FROM alert_outbox d WHERE d.id IN (SELECT o.id {_STANDING})
-           AND d.delivered_at IS NULL AND d.attempts = 0 AND d.next_attempt_at < 'infinity'
-        """), params)
-    told = conn.execute(sa.text(f"""
-        SELECT o.flight_id, o.sink, o.next_attempt_at, o.payload->>'model_version' AS version
-        {_STANDING} AND (o.delivered_at IS NOT NULL OR o.next_attempt_at < 'infinity')
-         ORDER BY o.id"""), params).all()
+    standing = conn.execute(sa.text(f"""
+        SELECT o.id, o.flight_id, o.sink, o.payload->>'model_version' AS version,
+               o.delivered_at IS NULL AND o.attempts = 0 AND o.next_attempt_at < 'infinity'
+                 AS never_tried,
+               CASE WHEN o.next_attempt_at < 'infinity' THEN o.next_attempt_at END AS due
+        {_STANDING} ORDER BY o.id FOR UPDATE OF o"""),
+                            {"ids": cleared_ids, "m": model_id}).all()
+    gone = [r.id for r in standing if r.never_tried]
+    if gone:
+        conn.execute(sa.text("DELETE FROM alert_outbox WHERE id = ANY(:ids)"), {"ids": gone})
+    # Sent, or to be retried (a delivered row keeps a finite due); a given-up row (due NULL)
+    # was never delivered and stays as it is.
+    told = [r for r in standing if r.due is not None and not r.never_tried]
     if not told:
         return []
     flagged_by = {r.flight_id: r.version for r in told}
@@ -148,7 +153,7 @@ def withdraw(conn: sa.Connection, settings: Settings, model_id: int,
     by_flight = {b["flight_id"]: b for b in bodies}
     rows = [{"flight_id": r.flight_id, "icao24": by_flight[r.flight_id]["icao24"],
              "model_id": model_id, "sink": r.sink, "payload": by_flight[r.flight_id],
-             "next_attempt_at": r.next_attempt_at} for r in told if r.flight_id in by_flight]
+             "next_attempt_at": r.due} for r in told]
     # Due when its flag is: a flag waiting for a retry goes first (its id is lower).
     conn.execute(insert(alert_outbox).on_conflict_do_nothing(
         index_elements=["icao24", "flight_id", "model_id", "sink"]), rows)
