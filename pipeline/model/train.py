@@ -257,7 +257,8 @@ def fit(train_images: Images, val_images: Images | None, *, seed: int, deadline:
     hist = model.fit(data.dataset(train_images, batch, shuffle_seed=seed, augment=augment),
                      validation_data=None if val_images is None else
                      data.dataset(val_images, 256, shuffle_seed=None),
-                     epochs=max_epochs, callbacks=callbacks, verbose=1 if verbose else 0)
+                     epochs=max_epochs, callbacks=callbacks, verbose=1 if verbose else 0,
+                     shuffle=False)   # the dataset shuffles itself, seeded, every epoch
     seconds = time.monotonic() - t0
     epochs = len(hist.history["loss"])
     val = hist.history.get("val_loss", [])
