@@ -88,7 +88,9 @@ def main() -> None:
         val = out.model.history.history["val_loss"]
         if epochs_in_time is None:
             epochs_in_time = len(val)
-        reference = reference or val
+        if reference is None:
+            reference = val
+            print(f"ratios below: against {name}, fitted first", flush=True)
         at = [e for e in (10, 20) if e <= len(val)] + [len(val)]
         cells = ", ".join(
             f"epoch {e}: {val[e - 1]:.4f} ({val[e - 1] / reference[min(e, len(reference)) - 1]:.2f} x)"
