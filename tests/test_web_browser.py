@@ -1,7 +1,9 @@
 """The web pages in a real browser (Debian's Chromium driven by Playwright): every page loads
 without console errors and with every image; the flight page draws the track with no map tiles
 (offline); a verdict click lands in flight_labels and changes the page; a server bound beyond
-loopback refuses writes without the token. Saves docs/img/web-home.png and web-flight.png.
+loopback refuses writes without the token. Takes the home and flight pages' screenshots; with
+ADSB_TEST_SCREENSHOTS=docs/img they replace README's pictures (web-home.png, web-flight.png),
+else they go to the test's temporary directory and the work tree is left as it was.
 
 Map tiles never come from the network here: requests to tile.openstreetmap.org are answered
 by the test (a plain tile, as if online) or aborted (offline).
@@ -10,6 +12,7 @@ by the test (a plain tile, as if online) or aborted (offline).
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +30,25 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 TILES = "https://tile.openstreetmap.org/**"
-DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 if not CHROMIUM.exists():
     pytest.skip("browser tests need /usr/bin/chromium (Debian package chromium); Playwright "
                 "drives it and never downloads a browser", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the screenshots go: ADSB_TEST_SCREENSHOTS (e.g. docs/img), else a temporary one."""
+    where = Path(os.environ.get("ADSB_TEST_SCREENSHOTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def _screenshot(page, path: Path, full_page: bool) -> None:
+    page.screenshot(path=str(path), full_page=full_page)
+    with Image.open(path) as shot:           # a real picture of the page, not an empty file
+        assert shot.format == "PNG" and shot.width >= 800 and shot.height >= 400, shot.size
 
 
 def _tile() -> bytes:
@@ -139,7 +155,7 @@ def test_every_page_loads_without_console_errors_and_with_every_image(server, si
         page.context.close()
 
 
-def test_flight_page_draws_the_track_offline(server, site_db, browser):
+def test_flight_page_draws_the_track_offline(server, site_db, browser, shots):
     _, _, site = site_db
     orbit = site.by_kind("orbit")
     page, watch = open_page(browser, server.url + f"flights/{orbit.id}", tiles="offline")
@@ -169,17 +185,15 @@ def test_flight_page_draws_the_track_offline(server, site_db, browser):
     imgs = images(page)
     assert all(i["complete"] and i["width"] > 0 for i in imgs), imgs
     assert sum("/panel/" in i["src"] for i in imgs) == 33
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS_IMG / "web-flight.png"), full_page=False)
+    _screenshot(page, shots / "web-flight.png", full_page=False)
     page.context.close()
 
 
-def test_home_page_screenshot(server, browser):
+def test_home_page_screenshot(server, browser, shots):
     page, watch = open_page(browser, server.url)
     assert watch.errors == []
     assert page.locator("#receiver-state").inner_text() == "connected"
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS_IMG / "web-home.png"), full_page=True)
+    _screenshot(page, shots / "web-home.png", full_page=True)
     page.context.close()
 
 
