@@ -72,17 +72,19 @@ def main() -> None:
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     for name in names:
         lr, cosine = VARIANTS[name]
-        if cosine and epochs_in_time is None:
-            raise SystemExit("a cosine variant needs a constant one run before it (its length)")
-        train.LEARNING_RATE = (keras.optimizers.schedules.CosineDecay(lr, epochs_in_time * steps)
-                               if cosine and epochs_in_time else lr)
+        if cosine:
+            if epochs_in_time is None:
+                raise SystemExit("a cosine variant needs a constant one run before it (its length)")
+            # Decays to 0 over the constant fit's epochs; a quarter more time, so they end it.
+            train.LEARNING_RATE = keras.optimizers.schedules.CosineDecay(lr, epochs_in_time * steps)
+            max_epochs, seconds = epochs_in_time, args.seconds * 1.25
+        else:
+            train.LEARNING_RATE = lr
+            max_epochs, seconds = train.MAX_EPOCHS, args.seconds
         t0 = time.monotonic()
         try:
-            # A cosine fit is given a quarter more time, so that its planned epochs end it.
-            out = train.fit(fit_on, judge_on, seed=1, deadline=time.monotonic() + args.seconds
-                            * (1.25 if cosine else 1.0),
-                            max_epochs=epochs_in_time if cosine and epochs_in_time
-                            else train.MAX_EPOCHS, label=name)
+            out = train.fit(fit_on, judge_on, seed=1, deadline=time.monotonic() + seconds,
+                            max_epochs=max_epochs, label=name)
         finally:
             train.LEARNING_RATE = default_lr
         val = out.model.history.history["val_loss"]
